@@ -1,0 +1,56 @@
+# ztplan: `make demo` sets everything up and plans + applies specs/gateway.yaml on the
+# sandbox; `make test` runs the checks and tests. Both need root (namespaces, iptables).
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+SANDBOX := ztplan-sandbox
+SYSTEM_PACKAGES := iptables nftables ndppd iproute2
+
+.PHONY: all system-packages install demo test lint bench sandbox-down clean
+
+all: test
+
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: system-packages $(BIN)/.installed
+
+demo: install
+	$(BIN)/ztplan sandbox up
+	$(BIN)/ztplan plan specs/gateway.yaml --netns $(SANDBOX)
+	$(BIN)/ztplan apply specs/gateway.yaml --netns $(SANDBOX) --auto-approve
+	$(BIN)/ztplan plan specs/gateway.yaml --netns $(SANDBOX) --detailed-exitcode
+	@echo
+	@echo "Converged. Look around:"
+	@echo "  ip netns exec $(SANDBOX) iptables-save"
+	@echo "  ip netns exec $(SANDBOX) ip6tables-save"
+	@echo "  ip netns exec $(SANDBOX) sysctl net.ipv4.ip_forward net.ipv6.conf.all.forwarding"
+	@echo "  cat state/gw1.json"
+	@echo "  $(BIN)/ztplan sandbox down    # when done"
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check ztplan tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: $(BIN)/.installed lint
+	$(BIN)/pytest -q
+
+bench: $(BIN)/.installed
+	$(BIN)/python tests/bench/bench_firewall.py
+
+sandbox-down: $(BIN)/.installed
+	$(BIN)/ztplan sandbox down
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""ztplan: declarative ZeroTier exit gateways."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,411 @@
+"""The command line: parse, call the engine, render, exit. The only place exit codes live.
+
+Exit codes (Terraform's): 0 success (and, with --detailed-exitcode, no changes); 2 success
+with changes (--detailed-exitcode only); 1 any error, as one line on stderr.
+Heavy modules are imported inside the commands so `ztplan --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from ztplan.model import Plan
+
+app = typer.Typer(
+    name="ztplan",
+    help="Declarative ZeroTier exit gateways: plan and apply firewall, sysctl, ndppd and "
+    "controller routes from a spec in git.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+sandbox_app = typer.Typer(
+    help="A throwaway gateway in a network namespace to try ztplan on.", no_args_is_help=True
+)
+app.add_typer(sandbox_app, name="sandbox")
+
+_debug = False
+
+
+class Format(StrEnum):
+    human = "human"
+    json = "json"
+    markdown = "markdown"
+
+
+SpecArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Spec file (default specs/gateway.yaml); a path inside --repo with --ref.",
+        show_default=False,
+    ),
+]
+RepoOpt = Annotated[
+    str | None, typer.Option("--repo", help="Git repository to read the spec from.")
+]
+RefOpt = Annotated[
+    str | None, typer.Option("--ref", help="Commit, branch or tag to read the spec at.")
+]
+NetnsOpt = Annotated[str | None, typer.Option("--netns", help="Act inside this network namespace.")]
+StateDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir", envvar="ZTPLAN_STATE_DIR", help="Where state, locks and caches live."
+    ),
+]
+FormatOpt = Annotated[Format, typer.Option("--format", help="Output format.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
+LockTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--lock-timeout", help="Seconds to wait for the target's lock (default: fail at once)."
+    ),
+]
+
+
+def _fail(message: str, as_json: bool) -> NoReturn:
+    if as_json:
+        print(json.dumps({"error": message}), file=sys.stderr)
+    else:
+        print(f"Error: {message}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+def _guard(as_json: bool, body: Callable[[], int]) -> None:
+    """The one place that turns errors into exit codes."""
+    from ztplan.errors import ZtplanError
+
+    try:
+        code = body()
+    except ZtplanError as error:
+        if _debug:
+            traceback.print_exc()
+        _fail(str(error), as_json)
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as error:  # a bug: say so, show the traceback only with --debug
+        if _debug:
+            traceback.print_exc()
+        _fail(
+            f"internal error: {error.__class__.__name__}: {error} "
+            "(run with --debug for a traceback and report it)",
+            as_json,
+        )
+    raise typer.Exit(code)
+
+
+def _color() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def _emit(plan: Plan, fmt: Format) -> None:
+    if fmt is Format.json:
+        from ztplan.render.jsonplan import render_json
+
+        sys.stdout.write(render_json(plan))
+    elif fmt is Format.markdown:
+        from ztplan.render.markdown import render_markdown
+
+        sys.stdout.write(render_markdown(plan))
+    else:
+        from ztplan.render.human import render_plan
+
+        sys.stdout.write(render_plan(plan, color=_color()))
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+@app.command()
+def validate(
+    spec: SpecArg = None,
+    repo: RepoOpt = None,
+    ref: RefOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Check the spec (schema and meaning) without touching live state."""
+
+    def body() -> int:
+        from ztplan.source import read_spec
+
+        loaded, source = read_spec(spec, repo, ref)
+        if json_:
+            print(
+                json.dumps(
+                    {"valid": True, "spec": source.model_dump(), "target": loaded.target.name}
+                )
+            )
+        else:
+            print(f"{source.path}: valid (target {loaded.target.name})")
+        return 0
+
+    _guard(json_, body)
+
+
+def _prepare(
+    spec: str | None, repo: str | None, ref: str | None, netns: str | None, state_dir: Path
+) -> Any:
+    from ztplan.host import LocalHost
+    from ztplan.plan import build_providers
+    from ztplan.source import read_spec
+    from ztplan.state import read_state
+
+    loaded, source = read_spec(spec, repo, ref)
+    host = LocalHost(netns)
+    providers = build_providers(loaded, source.path, state_dir / "cache")
+    previous = read_state(state_dir, loaded.target.name)
+    return loaded, source, host, providers, previous
+
+
+@app.command()
+def plan(
+    spec: SpecArg = None,
+    repo: RepoOpt = None,
+    ref: RefOpt = None,
+    netns: NetnsOpt = None,
+    state_dir: StateDirOpt = Path("state"),
+    fmt: FormatOpt = Format.human,
+    json_: JsonOpt = False,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option(
+            "--detailed-exitcode", help="Exit 2 when there are changes, 0 when there are none."
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="Also save the plan (JSON).")
+    ] = None,
+    lock_timeout: LockTimeoutOpt = 0.0,
+) -> None:
+    """Show what apply would change."""
+    fmt = Format.json if json_ else fmt
+
+    def body() -> int:
+        import contextlib
+
+        from ztplan.lock import lock_path, locked
+        from ztplan.plan import make_plan
+        from ztplan.state import write_atomic
+
+        loaded, source, host, providers, previous = _prepare(spec, repo, ref, netns, state_dir)
+        guard = (
+            locked(lock_path(state_dir, loaded.target.name), "plan", lock_timeout)
+            if out
+            else contextlib.nullcontext()
+        )
+        with guard:
+            result, _ = make_plan(loaded, source, host, providers, previous)
+            if out:
+                from ztplan.render.jsonplan import render_json
+
+                write_atomic(out, render_json(result), mode=0o600)
+        _emit(result, fmt)
+        if result.errors:
+            from ztplan.errors import ZtplanError
+
+            raise ZtplanError(
+                f"the plan has {len(result.errors)} error(s): {result.errors[0].message}"
+            )
+        return 2 if detailed_exitcode and result.has_changes else 0
+
+    _guard(fmt is Format.json, body)
+
+
+def _confirm() -> bool:
+    print("\nDo you want to apply these changes? Only 'yes' will be accepted.", file=sys.stderr)
+    try:
+        answer = input("  Enter a value: ")
+    except EOFError:
+        return False
+    return answer.strip() == "yes"
+
+
+@app.command()
+def apply(
+    spec: SpecArg = None,
+    repo: RepoOpt = None,
+    ref: RefOpt = None,
+    netns: NetnsOpt = None,
+    state_dir: StateDirOpt = Path("state"),
+    fmt: FormatOpt = Format.human,
+    json_: JsonOpt = False,
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Apply without asking.")
+    ] = False,
+    lock_timeout: LockTimeoutOpt = 0.0,
+) -> None:
+    """Make the changes, in a safe order, under the target's lock."""
+    fmt = Format.json if json_ else fmt
+
+    def body() -> int:
+        from ztplan.apply import apply_plan
+        from ztplan.errors import ZtplanError
+        from ztplan.lock import lock_path, locked
+        from ztplan.plan import make_plan
+        from ztplan.render.human import HumanReporter
+
+        loaded, source, host, providers, previous = _prepare(spec, repo, ref, netns, state_dir)
+        with locked(lock_path(state_dir, loaded.target.name), "apply", lock_timeout):
+            result, snapshots = make_plan(loaded, source, host, providers, previous)
+            _emit(result, fmt)
+            if result.errors:
+                raise ZtplanError(
+                    f"the plan has {len(result.errors)} error(s); nothing was applied: "
+                    f"{result.errors[0].message}"
+                )
+            if not result.has_changes:
+                return 0
+            if not auto_approve and not _confirm():
+                print("Apply cancelled; nothing was changed.", file=sys.stderr)
+                return 1
+            done = apply_plan(
+                loaded,
+                result,
+                snapshots,
+                host,
+                providers,
+                HumanReporter(_color()),
+                state_dir,
+                previous,
+            )
+        message = f"Apply complete. State serial {done.state.serial} written."
+        if done.remaining:
+            message += (
+                f" Warning: {done.remaining} change(s) remain after the apply; "
+                "something else changes this host too."
+            )
+        print(message, file=sys.stderr)
+        return 0
+
+    _guard(fmt is Format.json, body)
+
+
+@app.command()
+def show(
+    planfile: Annotated[Path | None, typer.Argument(help="A plan saved with plan -o.")] = None,
+    state: Annotated[bool, typer.Option("--state", help="Show the recorded state.")] = False,
+    target: Annotated[str | None, typer.Option("--target-name", help="Target of --state.")] = None,
+    state_dir: StateDirOpt = Path("state"),
+    fmt: FormatOpt = Format.human,
+    json_: JsonOpt = False,
+) -> None:
+    """Print a saved plan, or the recorded state."""
+    fmt = Format.json if json_ else fmt
+
+    def body() -> int:
+        from ztplan.errors import ZtplanError
+
+        if state:
+            names = [target] if target else sorted(p.stem for p in state_dir.glob("*.json"))
+            if not names:
+                raise ZtplanError(f"{state_dir}: no state recorded yet")
+            for name in names:
+                text = (
+                    (state_dir / f"{name}.json").read_text()
+                    if (state_dir / f"{name}.json").exists()
+                    else None
+                )
+                if text is None:
+                    raise ZtplanError(f"{state_dir}/{name}.json: no such state")
+                sys.stdout.write(text)
+            return 0
+        if planfile is None:
+            raise ZtplanError("name a plan file, or pass --state")
+        from pydantic import ValidationError
+
+        from ztplan.model import Plan
+
+        try:
+            saved = Plan.model_validate_json(planfile.read_bytes())
+        except (OSError, ValidationError, ValueError) as error:
+            raise ZtplanError(
+                f"{planfile}: not a ztplan plan file ({error.__class__.__name__})"
+            ) from None
+        _emit(saved, fmt)
+        return 0
+
+    _guard(fmt is Format.json, body)
+
+
+@app.command("force-unlock")
+def force_unlock_cmd(
+    lock_id: Annotated[str, typer.Argument(help="The lock id the error named.")],
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """Remove a lock left behind by a run that died."""
+
+    def body() -> int:
+        from ztplan.errors import ZtplanError
+        from ztplan.lock import force_unlock, read_lock
+
+        for path in sorted(state_dir.glob("*.lock")):
+            holder = read_lock(path)
+            if holder is not None and holder.id == lock_id:
+                removed = force_unlock(path, lock_id)
+                print(
+                    f"Removed {path} (held by pid {removed.pid} on {removed.host}, "
+                    f"{removed.operation} since {removed.created})."
+                )
+                return 0
+        raise ZtplanError(f"{state_dir}: no lock with id {lock_id}")
+
+    _guard(False, body)
+
+
+@sandbox_app.command("up")
+def sandbox_up() -> None:
+    """Create the ztplan-sandbox namespace (WAN eth0, ZeroTier-like zt0)."""
+
+    def body() -> int:
+        from ztplan.sandbox import sandbox_up as up
+
+        print(up())
+        return 0
+
+    _guard(False, body)
+
+
+@sandbox_app.command("down")
+def sandbox_down() -> None:
+    """Delete the sandbox namespaces."""
+
+    def body() -> int:
+        from ztplan.sandbox import sandbox_down as down
+
+        print(down())
+        return 0
+
+    _guard(False, body)
+
+
+@sandbox_app.command("status")
+def sandbox_status() -> None:
+    """Say whether the sandbox exists, with its interfaces and addresses."""
+
+    def body() -> int:
+        from ztplan.sandbox import sandbox_status as status
+
+        text, up = status()
+        print(text)
+        return 0 if up else 1
+
+    _guard(False, body)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,126 @@
+"""The errors ztplan raises; cli.py turns each into one line on stderr and exit 1.
+
+    ZtplanError(message, hint=None)       base: one line the user can act on
+    ├── SpecError(file, field, expected)  "specs/gw.yaml: firewall.ipv4.nat.POSTROUTING[0]: ..."
+    ├── SourceError                       bad ref, unreadable repository or file
+    ├── LiveReadError(provider)           iptables-save failed, /proc unreadable, no such netns
+    ├── ControllerError(status, url)      HTTP failures as sentences; never the token
+    ├── LockHeld(info, stale)             names the holder; hints force-unlock when stale
+    ├── StalePlan(provider)               a saved plan's snapshot no longer matches the host
+    └── ApplyFailed(step, rolled_back)    what failed and what was put back
+
+Anything else that escapes the engine is a bug: cli.py reports it as an internal error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ztplan.lock import LockInfo
+
+__all__ = [
+    "ApplyFailed",
+    "ControllerError",
+    "LiveReadError",
+    "LockHeld",
+    "SourceError",
+    "SpecError",
+    "StalePlan",
+    "ZtplanError",
+]
+
+
+class ZtplanError(Exception):
+    """An error the user can act on: `message` is one line, `hint` says what to do."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class SpecError(ZtplanError):
+    """The spec is invalid: names the file, the dotted field path and what was expected."""
+
+    def __init__(self, file: str, field: str, expected: str, line: int | None = None) -> None:
+        self.file = file
+        self.field = field
+        self.expected = expected
+        self.line = line
+        where = f"{file}:{line}" if line is not None else file
+        super().__init__(f"{where}: {field}: {expected}" if field else f"{where}: {expected}")
+
+
+class SourceError(ZtplanError):
+    """The spec could not be read: missing file, bad git repository or ref."""
+
+
+class LiveReadError(ZtplanError):
+    """Live state could not be read (or written) by a provider."""
+
+    def __init__(self, provider: str, message: str, hint: str | None = None) -> None:
+        self.provider = provider
+        super().__init__(f"{provider}: {message}", hint)
+
+
+class ControllerError(ZtplanError):
+    """A controller or member-service request failed; the URL never carries the token."""
+
+    def __init__(self, message: str, status: int | None = None, url: str = "") -> None:
+        self.status = status
+        self.url = url
+        super().__init__(message)
+
+
+class LockHeld(ZtplanError):
+    """Another run holds the target's lock (or left it behind: `stale`)."""
+
+    def __init__(self, info: LockInfo, stale: bool, path: str) -> None:
+        self.info = info
+        self.stale = stale
+        holder = (
+            f"pid {info.pid} on {info.host} (user {info.user}, operation {info.operation}, "
+            f"since {info.created}, lock id {info.id})"
+        )
+        if stale:
+            super().__init__(
+                f"{path}: stale lock left by {holder}; that process is gone",
+                f"if no apply is running, remove it with: ztplan force-unlock {info.id}",
+            )
+        else:
+            super().__init__(
+                f"{path}: the target is locked by {holder}",
+                "wait for it to finish, or pass --lock-timeout SECONDS to wait",
+            )
+
+
+class StalePlan(ZtplanError):
+    """A saved plan was made from live state that has since changed."""
+
+
+class ApplyFailed(ZtplanError):
+    """A step failed; `rolled_back` lists what was put back, `not_rolled_back` what was not."""
+
+    def __init__(
+        self,
+        step: str,
+        cause: str,
+        rolled_back: Sequence[str],
+        not_rolled_back: Sequence[str] = (),
+    ) -> None:
+        self.step = step
+        self.rolled_back = list(rolled_back)
+        self.not_rolled_back = list(not_rolled_back)
+        parts = [f"apply failed at step {step}: {cause}"]
+        if self.rolled_back:
+            parts.append(f"rolled back: {', '.join(self.rolled_back)}")
+        if self.not_rolled_back:
+            parts.append(f"COULD NOT roll back: {', '.join(self.not_rolled_back)}")
+        if not self.rolled_back and not self.not_rolled_back:
+            parts.append("nothing had been changed")
+        super().__init__("; ".join(parts))

@@ -1,0 +1,92 @@
+"""The host a target lives on: commands and /proc/sys files, optionally inside a netns.
+
+Providers talk to a `Host`, never to `subprocess` or `open()` directly, so tests can hand
+them a replaying or failing host, and `--netns` is one constructor argument.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ztplan.errors import LiveReadError
+
+__all__ = ["CommandResult", "Host", "LocalHost", "NETNS_DIR"]
+
+NETNS_DIR = "/run/netns"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Host(Protocol):
+    netns: str | None
+
+    def run(self, argv: Sequence[str], input: str | None = None) -> CommandResult:
+        """Run argv (never a shell string) in the target's namespace; never raises on exit code."""
+        ...
+
+    def read_proc(self, path: str) -> str:
+        """Read a /proc/sys file as the target namespace sees it."""
+        ...
+
+    def write_proc(self, path: str, value: str) -> None:
+        """Write a /proc/sys file in the target namespace."""
+        ...
+
+
+@dataclass
+class LocalHost:
+    """This machine, or one of its network namespaces (`ip netns` names)."""
+
+    netns: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.netns is not None and not os.path.exists(os.path.join(NETNS_DIR, self.netns)):
+            raise LiveReadError(
+                "host",
+                f"no network namespace named {self.netns!r}",
+                "list them with `ip netns list`; `ztplan sandbox up` makes ztplan-sandbox",
+            )
+
+    def run(self, argv: Sequence[str], input: str | None = None) -> CommandResult:
+        full = list(argv) if self.netns is None else ["ip", "netns", "exec", self.netns, *argv]
+        try:
+            done = subprocess.run(full, input=input, capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            raise LiveReadError(
+                "host", f"{argv[0]} is not installed", "apt-get install iptables iproute2"
+            ) from None
+        return CommandResult(tuple(argv), done.returncode, done.stdout, done.stderr)
+
+    @contextlib.contextmanager
+    def _inside(self) -> Iterator[None]:
+        # /proc/sys/net shows the namespace of the thread that opens the file, so enter the
+        # namespace for the open only (pyroute2's setns on this thread), then come back.
+        if self.netns is None:
+            yield
+            return
+        from pyroute2 import netns as pyroute2_netns
+
+        pyroute2_netns.pushns(self.netns)
+        try:
+            yield
+        finally:
+            pyroute2_netns.popns()
+
+    def read_proc(self, path: str) -> str:
+        with self._inside(), open(path, encoding="utf-8") as handle:
+            return handle.read()
+
+    def write_proc(self, path: str, value: str) -> None:
+        with self._inside(), open(path, "w", encoding="utf-8") as handle:
+            handle.write(value)

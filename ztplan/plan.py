@@ -1,0 +1,92 @@
+"""make_plan: read the host, turn the spec into desired resources, diff, order, check."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ztplan import __version__
+from ztplan.diff import diff_resources
+from ztplan.host import Host
+from ztplan.model import Finding, Plan, Snapshot, SpecSource
+from ztplan.order import order_changes
+from ztplan.providers import Provider
+from ztplan.providers.firewall import Firewall, KernelNormaliser
+from ztplan.providers.sysctl import Sysctl
+from ztplan.spec import Spec
+from ztplan.state import StateFile
+
+__all__ = ["build_providers", "make_plan", "not_yet_managed"]
+
+_NOT_YET = ("controller", "networks", "ndppd", "member")
+
+
+def build_providers(spec: Spec, file: str, cache_dir: Path | None) -> list[Provider]:
+    """The providers the spec needs, with their I/O wired in."""
+    providers: list[Provider] = [
+        Firewall(normalise=KernelNormaliser(cache_dir=cache_dir, file=file)),
+        Sysctl(keys=list(spec.sysctl)),
+    ]
+    return [p for p in providers if p.manages(spec)]
+
+
+def not_yet_managed(spec: Spec) -> list[Finding]:
+    """Sections this version reads but cannot manage yet: said loudly, never silently."""
+    findings = [
+        Finding(
+            severity="warning",
+            address=section,
+            message=f"`{section}` is not managed by ztplan {__version__} yet; ignored",
+        )
+        for section in _NOT_YET
+        if getattr(spec, section)
+    ]
+    if spec.gateway is not None:
+        findings.append(
+            Finding(
+                severity="error",
+                address="gateway",
+                message="the `gateway:` shorthand is not expanded by this version yet; "
+                "write the resources out (see specs/gateway.yaml)",
+            )
+        )
+    return findings
+
+
+def make_plan(
+    spec: Spec,
+    source: SpecSource,
+    host: Host,
+    providers: Sequence[Provider],
+    state: StateFile | None = None,
+) -> tuple[Plan, dict[str, Snapshot]]:
+    """The plan, and the snapshots it was made from (apply rolls back to them)."""
+    changes = []
+    unmanaged = []
+    findings = not_yet_managed(spec)
+    snapshots: dict[str, Snapshot] = {}
+    desired_values = {}
+    for provider in providers:
+        desired = provider.desired(spec)  # first: a bad spec fails before any live read
+        snapshot = provider.read(host)
+        snapshots[provider.name] = snapshot
+        found, foreign = diff_resources(provider.name, desired, snapshot.resources)
+        changes.extend(found)
+        unmanaged.extend(foreign)
+        findings.extend(provider.check(spec, snapshot))
+        if found:
+            desired_values.update({a: r.value for a, r in desired.items()})
+    plan = Plan(
+        ztplan_version=__version__,
+        target=spec.target.name,
+        netns=host.netns,
+        spec=source,
+        changes=order_changes(changes),
+        findings=findings,
+        unmanaged=unmanaged,
+        snapshots={name: s.digest for name, s in snapshots.items()},
+        desired=desired_values,
+        state_lineage=state.lineage if state else None,
+        state_serial=state.serial if state else None,
+    )
+    return plan, snapshots

@@ -1,0 +1,506 @@
+"""iptables and ip6tables: read with one `*-save`, apply with one `*-restore --noflush`.
+
+Ownership: every rule ztplan writes carries the comment match `-m comment --comment ztplan`;
+rules without it are foreign and only ever deleted from a chain declared `exclusive`.
+
+Normalisation lets the kernel parse: the spec's rules are loaded into a scratch network
+namespace and read back with `*-save`, so equivalent spellings compare equal and a typo is
+a plan-time error with the rule's spec path. Results are cached by the digest of the input.
+
+Addresses:
+    firewall.ipv4.filter.policy.FORWARD             a built-in chain's policy
+    firewall.ipv4.filter.FORWARD["-i zt+ -j ACCEPT"] an owned rule (normalised, tag removed)
+    firewall.ipv4.filter.FORWARD                    the order of the chain's owned rules
+    firewall.ipv4.filter.FORWARD.foreign["..."]     a foreign rule (unmanaged, or purged)
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import JsonValue
+
+from ztplan.errors import LiveReadError, SpecError
+from ztplan.host import Host, LocalHost
+from ztplan.model import Action, Address, Change, Finding, Resource, Snapshot, digest_of
+from ztplan.spec import FAMILIES, TABLES, Spec
+
+__all__ = ["TAG", "Firewall", "KernelNormaliser", "parse_save", "rule_address"]
+
+TAG = "ztplan"
+TAG_ARGS = f"-m comment --comment {TAG}"
+"""How iptables-save prints the ownership tag (unquoted: the word needs no quotes)."""
+
+TOOLS = {
+    "ipv4": ("iptables-save", "iptables-restore"),
+    "ipv6": ("ip6tables-save", "ip6tables-restore"),
+}
+
+
+# --- parsing iptables-save -----------------------------------------------------------
+
+
+@dataclass
+class Table:
+    policies: dict[str, str] = field(default_factory=dict)
+    """Chain -> policy ('-' for user chains)."""
+    rules: dict[str, list[str]] = field(default_factory=dict)
+    """Chain -> rule texts as saved, without `-A CHAIN `."""
+
+
+def parse_save(text: str) -> dict[str, Table]:
+    """iptables-save output -> table name -> Table (comments and counters dropped)."""
+    tables: dict[str, Table] = {}
+    current: Table | None = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:].strip(), Table())
+        elif current is None or not line or line.startswith("#") or line == "COMMIT":
+            continue
+        elif line.startswith(":"):
+            chain, policy = (line[1:].split() + ["-"])[:2]
+            current.policies[chain] = policy
+            current.rules.setdefault(chain, [])
+        elif line.startswith("-A "):
+            chain, _, rule = line[3:].partition(" ")
+            current.rules.setdefault(chain, []).append(rule)
+    return tables
+
+
+def _is_owned(rule: str) -> bool:
+    return f" {TAG_ARGS} " in f" {rule} "
+
+
+def _untag(rule: str) -> str:
+    return " ".join(f" {rule} ".replace(f" {TAG_ARGS} ", " ", 1).split())
+
+
+def rule_address(family: str, table: str, chain: str, rule: str, foreign: bool = False) -> Address:
+    kind = ".foreign" if foreign else ""
+    return f"firewall.{family}.{table}.{chain}{kind}[{json.dumps(rule, ensure_ascii=False)}]"
+
+
+def _chain_address(family: str, table: str, chain: str) -> Address:
+    return f"firewall.{family}.{table}.{chain}"
+
+
+def _split_address(address: Address) -> tuple[str, str, str]:
+    family, table, rest = address.split(".", 3)[1:]
+    return family, table, re.split(r"[.\[]", rest, maxsplit=1)[0]
+
+
+# --- normalisation in a scratch namespace ---------------------------------------------
+
+SpecRule = tuple[str, str, str, str, tuple[str | int, ...]]
+"""(family, table, chain, rule text, spec path) of one desired rule."""
+
+_MISSING_CHAIN = re.compile(r"Chain '([^']+)' does not exist|Couldn't load target `([^']+)'")
+
+
+class KernelNormaliser:
+    """Turns a family's desired rules into the kernel's spelling (tagged), via a scratch netns."""
+
+    def __init__(self, cache_dir: Path | None = None, file: str = "spec") -> None:
+        self.cache_dir = cache_dir
+        self.file = file
+
+    def __call__(
+        self, family: str, rules: Sequence[SpecRule], chains: Mapping[str, set[str]]
+    ) -> list[str]:
+        """Normalised tagged texts, one per input rule, in input order."""
+        if not rules:
+            return []
+        key = digest_of(
+            [family, list(map(list, rules)), sorted((t, sorted(c)) for t, c in chains.items())]
+        )
+        cache = (
+            self.cache_dir / f"normalise-{family}-{key.split(':')[1][:32]}.json"
+            if self.cache_dir
+            else None
+        )
+        if cache is not None and cache.exists():
+            try:
+                cached = json.loads(cache.read_text())
+                if isinstance(cached, list) and len(cached) == len(rules):
+                    return [str(x) for x in cached]
+            except (OSError, ValueError):
+                pass
+        with _scratch_namespace() as host:
+            result = self._round_trip(host, family, rules, chains)
+        if cache is not None:
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(result))
+                os.replace(tmp, cache)
+            except OSError:
+                pass  # a cache that cannot be written only costs time
+        return result
+
+    def _round_trip(
+        self, host: Host, family: str, rules: Sequence[SpecRule], chains: Mapping[str, set[str]]
+    ) -> list[str]:
+        save, restore = TOOLS[family]
+        # A jump to a chain the spec does not declare (one a foreign tool owns, say) would
+        # fail in the empty scratch namespace; declare such chains there and try again.
+        extra: set[str] = set()
+        for _ in range(64):
+            done = host.run([restore], input=_scratch_input(rules, chains, extra))
+            if done.returncode == 0:
+                break
+            missing = _MISSING_CHAIN.search(done.stderr)
+            name = (missing.group(1) or missing.group(2)) if missing else None
+            if name and name not in extra and re.fullmatch(r"[A-Za-z0-9_.-]{1,28}", name):
+                extra.add(name)
+                continue
+            self._raise_bad_rule(host, family, rules, chains, extra, done.stderr)
+        saved = parse_save(host.run([save]).stdout)
+        result: list[str] = []
+        position: dict[tuple[str, str], int] = {}
+        for _, table, chain, _, _ in rules:
+            kernel = saved.get(table, Table()).rules.get(chain, [])
+            expected = sum(1 for r in rules if r[1] == table and r[2] == chain)
+            if len(kernel) != expected:
+                self._raise_expanding_rule(host, family, rules, chains, extra)
+            index = position.get((table, chain), 0)
+            position[(table, chain)] = index + 1
+            result.append(kernel[index])
+        return result
+
+    def _raise_bad_rule(
+        self,
+        host: Host,
+        family: str,
+        rules: Sequence[SpecRule],
+        chains: Mapping[str, set[str]],
+        extra: set[str],
+        stderr: str,
+    ) -> None:
+        # The reported line is not reliable (nft reports some errors at COMMIT), so find the
+        # first bad rule by bisecting on prefixes of the input: log2(n) restores.
+        _, restore = TOOLS[family]
+
+        def fails(count: int) -> bool:
+            return (
+                host.run([restore], input=_scratch_input(rules[:count], chains, extra)).returncode
+                != 0
+            )
+
+        count = bisect.bisect_left(range(1, len(rules) + 1), True, key=fails) + 1
+        bad = rules[min(count, len(rules)) - 1]
+        message = _restore_message(
+            host.run([restore], input=_scratch_input([bad], chains, extra)).stderr or stderr
+        )
+        raise SpecError(self.file, _format_path(bad[4]), f"the kernel rejects this rule: {message}")
+
+    def _raise_expanding_rule(
+        self,
+        host: Host,
+        family: str,
+        rules: Sequence[SpecRule],
+        chains: Mapping[str, set[str]],
+        extra: set[str],
+    ) -> None:
+        save, restore = TOOLS[family]
+        for rule in rules:
+            host.run([restore], input=_scratch_input([rule], chains, extra))
+            count = sum(
+                len(t.rules.get(rule[2], [])) for t in parse_save(host.run([save]).stdout).values()
+            )
+            if count != 1:
+                raise SpecError(
+                    self.file,
+                    _format_path(rule[4]),
+                    f"this rule becomes {count} kernel rules (several addresses or a name "
+                    "that resolves to several); write one rule per address",
+                )
+        raise LiveReadError("firewall", "the kernel returned the rules in an unexpected shape")
+
+
+def _format_path(path: tuple[str | int, ...]) -> str:
+    from ztplan.spec import format_field
+
+    return format_field(path)
+
+
+def _restore_message(stderr: str) -> str:
+    for line in stderr.splitlines():
+        line = re.sub(r"^\S*tables-restore( v[\d.]+)?( \([^)]*\))?: ", "", line.strip())
+        if line and not line.startswith(("Error occurred at line", "Try `")):
+            return line
+    return stderr.strip() or "rejected"
+
+
+def _scratch_input(
+    rules: Sequence[SpecRule], chains: Mapping[str, set[str]], extra: set[str]
+) -> str:
+    out: list[str] = []
+    for table in dict.fromkeys(r[1] for r in rules):
+        out.append(f"*{table}")
+        for chain in sorted(chains.get(table, set()) | extra):
+            if chain not in TABLES[table]:
+                out.append(f":{chain} - [0:0]")
+        out.extend(f"-A {c} {TAG_ARGS} {r}" for _, t, c, r, _ in rules if t == table)
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+@contextlib.contextmanager
+def _scratch_namespace() -> Iterator[Host]:
+    """A throwaway, empty network namespace (made and removed with pyroute2)."""
+    from pyroute2 import netns as pyroute2_netns
+
+    name = f"ztplan-scratch-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        pyroute2_netns.create(name)
+    except OSError as error:
+        raise LiveReadError(
+            "firewall",
+            f"cannot create a scratch network namespace to check the rules ({error})",
+            "ztplan needs root (CAP_SYS_ADMIN) to normalise rules",
+        ) from None
+    try:
+        yield LocalHost(name)
+    finally:
+        pyroute2_netns.remove(name)
+
+
+Normaliser = Callable[[str, Sequence[SpecRule], Mapping[str, set[str]]], list[str]]
+
+
+# --- the provider ----------------------------------------------------------------------
+
+
+class Firewall:
+    """iptables/ip6tables rules and built-in chain policies."""
+
+    name: ClassVar[str] = "firewall"
+
+    def __init__(self, normalise: Normaliser | None = None) -> None:
+        self.normalise: Normaliser = normalise or KernelNormaliser()
+
+    def manages(self, spec: Spec) -> bool:
+        return spec.firewall is not None
+
+    def desired(self, spec: Spec) -> dict[Address, Resource]:
+        out: dict[Address, Resource] = {}
+        for family in FAMILIES:
+            fam = getattr(spec.firewall, family, None) if spec.firewall else None
+            if fam is None:
+                continue
+            rules: list[SpecRule] = []
+            chains: dict[str, set[str]] = {}
+            for table_name, table in fam.tables().items():
+                for chain, policy in table.policy.items():
+                    address = f"firewall.{family}.{table_name}.policy.{chain}"
+                    out[address] = Resource(address, policy)
+                chains[table_name] = set(table.chains)
+                for chain, chain_spec in table.chains.items():
+                    for i, rule in enumerate(chain_spec.rules):
+                        spec_path: tuple[str | int, ...] = ("firewall", family, table_name)
+                        spec_path += (chain, i)
+                        rules.append((family, table_name, chain, rule, spec_path))
+            normalised = [_untag(r) for r in self.normalise(family, rules, chains)]
+            by_chain: dict[tuple[str, str], list[str]] = {}
+            for (_, table_name, chain, _, path), rule in zip(rules, normalised, strict=True):
+                address = rule_address(family, table_name, chain, rule)
+                if address in out:
+                    file = getattr(self.normalise, "file", "spec")
+                    raise SpecError(
+                        file,
+                        _format_path(path),
+                        f"the same rule as another in this chain once normalised: {rule}",
+                    )
+                out[address] = Resource(address, rule)
+                by_chain.setdefault((table_name, chain), []).append(rule)
+            for table_name, table in fam.tables().items():
+                for chain, chain_spec in table.chains.items():
+                    address = _chain_address(family, table_name, chain)
+                    out[address] = Resource(
+                        address,
+                        list(by_chain.get((table_name, chain), [])),
+                        relative_order=True,
+                        scope=f"{address}.foreign[",
+                        purge=chain_spec.exclusive,
+                    )
+        return out
+
+    def read(self, host: Host) -> Snapshot:
+        resources: dict[Address, Resource] = {}
+        raw: dict[str, str] = {}
+        for family, (save, _) in TOOLS.items():
+            done = host.run([save])
+            if done.returncode != 0:
+                raise LiveReadError(self.name, f"{save} failed: {_restore_message(done.stderr)}")
+            raw[family] = done.stdout
+            tables = parse_save(done.stdout)
+            for table_name, builtins in TABLES.items():
+                # A table nothing has used yet is not in the dump (nft makes tables lazily);
+                # its built-in chains are there in effect, with the kernel's ACCEPT policy.
+                tables.setdefault(table_name, Table(policies=dict.fromkeys(builtins, "ACCEPT")))
+            for table_name, table in tables.items():
+                if table_name not in TABLES:
+                    continue
+                for chain, policy in table.policies.items():
+                    if policy != "-":
+                        address = f"firewall.{family}.{table_name}.policy.{chain}"
+                        resources[address] = Resource(address, policy, owned=False)
+                for chain, chain_rules in table.rules.items():
+                    owned = [_untag(r) for r in chain_rules if _is_owned(r)]
+                    for rule in chain_rules:
+                        mine = _is_owned(rule)
+                        text = _untag(rule) if mine else rule
+                        address = _unique(
+                            resources, rule_address(family, table_name, chain, text, not mine)
+                        )
+                        resources[address] = Resource(address, text, owned=mine)
+                    if owned:
+                        address = _chain_address(family, table_name, chain)
+                        order: list[JsonValue] = list(owned)
+                        resources[address] = Resource(
+                            address, order, owned=False, relative_order=True
+                        )
+        return Snapshot.of(resources, raw)
+
+    def check(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
+        return []
+
+    def apply(
+        self, host: Host, changes: Sequence[Change], desired: Mapping[Address, JsonValue]
+    ) -> None:
+        touched: dict[str, dict[str, set[str]]] = {}  # family -> table -> chains
+        policies: dict[str, dict[str, list[str]]] = {}
+        purged: set[Address] = set()
+        for change in changes:
+            family, table, chain = _split_address(change.address)
+            if ".policy." in change.address:
+                chain = change.address.rsplit(".", 1)[1]
+                policies.setdefault(family, {}).setdefault(table, []).append(
+                    f"-P {chain} {change.after}"
+                )
+                continue
+            touched.setdefault(family, {}).setdefault(table, set()).add(chain)
+            if ".foreign[" in change.address and change.action is Action.DELETE:
+                purged.add(change.address)
+        for family in FAMILIES:
+            if family not in touched and family not in policies:
+                continue
+            save, restore = TOOLS[family]
+            live = parse_save(host.run([save]).stdout)
+            text: list[str] = []
+            for table in sorted(set(touched.get(family, {})) | set(policies.get(family, {}))):
+                text.append(f"*{table}")
+                live_table = live.get(table, Table())
+                for chain in sorted(touched.get(family, {}).get(table, set())):
+                    if chain not in live_table.policies and chain not in TABLES[table]:
+                        text.append(f":{chain} - [0:0]")
+                for chain in sorted(touched.get(family, {}).get(table, set())):
+                    order = desired.get(_chain_address(family, table, chain), [])
+                    text.extend(
+                        _edit_chain(
+                            chain,
+                            live_table.rules.get(chain, []),
+                            [str(r) for r in order] if isinstance(order, list) else [],
+                            {a for a in purged if _split_address(a) == (family, table, chain)},
+                            family,
+                            table,
+                        )
+                    )
+                text.extend(policies.get(family, {}).get(table, []))
+                text.append("COMMIT")
+            done = host.run([restore, "--noflush"], input="\n".join(text) + "\n")
+            if done.returncode != 0:
+                raise LiveReadError(self.name, f"{restore} failed: {_restore_message(done.stderr)}")
+
+    def rollback(self, host: Host, before: Snapshot) -> None:
+        raw = before.raw if isinstance(before.raw, dict) else {}
+        failed: list[str] = []
+        for family, (_, restore) in TOOLS.items():
+            if raw.get(family) and "*" in raw[family]:
+                done = host.run([restore], input=raw[family])
+                if done.returncode != 0:
+                    failed.append(f"{restore}: {_restore_message(done.stderr)}")
+        if failed:
+            raise LiveReadError(self.name, "; ".join(failed))
+
+
+def _unique(resources: Mapping[Address, Resource], address: Address) -> Address:
+    """Identical rules twice in one chain: the second gets ` #2` (it is then an extra)."""
+    if address not in resources:
+        return address
+    n = 2
+    while f"{address} #{n}" in resources:
+        n += 1
+    return f"{address} #{n}"
+
+
+def _edit_chain(
+    chain: str, live: list[str], desired: list[str], purged: set[Address], family: str, table: str
+) -> list[str]:
+    """The fewest `-D`/`-I` lines that make the chain's owned rules read `desired`, in order.
+
+    Owned rules already in place and in the right relative order stay untouched (the
+    longest run of them that is in desired order); the rest are deleted, then the missing
+    ones are inserted next to their desired neighbours. Foreign rules stay where they are
+    unless purged.
+    """
+    index = {rule: i for i, rule in enumerate(desired)}
+    live_owned = [(i, _untag(r)) for i, r in enumerate(live) if _is_owned(r)]
+    keep = _longest_increasing([(pos, index[rule]) for pos, rule in live_owned if rule in index])
+    lines: list[str] = []
+    chain_now: list[tuple[str, bool]] = []  # (untagged rule, owned) after the deletions
+    for pos, rule in enumerate(live):
+        mine = _is_owned(rule)
+        foreign_address = rule_address(family, table, chain, rule, foreign=True)
+        if (mine and pos not in keep) or (not mine and foreign_address in purged):
+            lines.append(f"-D {chain} {rule}")
+        else:
+            chain_now.append((_untag(rule) if mine else rule, mine))
+    owned_at = [i for i, (_, mine) in enumerate(chain_now) if mine]
+    cursor = owned_at[0] if owned_at else len(chain_now)
+    for rule in desired:
+        found = next(
+            (i for i in range(cursor, len(chain_now)) if chain_now[i] == (rule, True)), None
+        )
+        if found is not None:
+            cursor = found + 1
+            continue
+        if cursor >= len(chain_now):
+            lines.append(f"-A {chain} {TAG_ARGS} {rule}")
+        else:
+            lines.append(f"-I {chain} {cursor + 1} {TAG_ARGS} {rule}")
+        chain_now.insert(cursor, (rule, True))
+        cursor += 1
+    return lines
+
+
+def _longest_increasing(pairs: list[tuple[int, int]]) -> set[int]:
+    """Of (live position, desired index) pairs in live order, the live positions of a longest
+    run whose desired indices increase: the owned rules that can stay where they are."""
+    tails: list[int] = []
+    tail_at: list[int] = []
+    parent: list[int] = [-1] * len(pairs)
+    for i, (_, rank) in enumerate(pairs):
+        k = bisect.bisect_left(tails, rank)
+        if k == len(tails):
+            tails.append(rank)
+            tail_at.append(i)
+        else:
+            tails[k] = rank
+            tail_at[k] = i
+        parent[i] = tail_at[k - 1] if k else -1
+    keep: set[int] = set()
+    i = tail_at[-1] if tail_at else -1
+    while i >= 0:
+        keep.add(pairs[i][0])
+        i = parent[i]
+    return keep

@@ -1,0 +1,426 @@
+"""The spec: pydantic models of the YAML file (`version: 1`) and the one way to load it.
+
+Everything here is untrusted input: a string that can reach `iptables-restore`, a config
+file or a path is checked for what it may contain, not only for its type. Loading never
+raises anything but `SpecError`, which names the file, the field path and, where the YAML
+parser knows it, the line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ztplan.errors import SpecError
+
+__all__ = ["FAMILIES", "TABLES", "ChainSpec", "Spec", "load_spec", "parse_spec", "rule_problem"]
+
+FAMILIES = ("ipv4", "ipv6")
+TABLES: dict[str, tuple[str, ...]] = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "raw": ("PREROUTING", "OUTPUT"),
+    "security": ("INPUT", "FORWARD", "OUTPUT"),
+}
+"""Tables ztplan manages and their built-in chains (the only ones with a policy)."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Options that would turn a rule into another command inside iptables-restore's input.
+_COMMAND_FLAGS = frozenset(
+    "-A --append -C --check -D --delete -I --insert -R --replace -L --list -S --list-rules "
+    "-F --flush -Z --zero -N --new-chain -X --delete-chain -P --policy -E --rename-chain "
+    "-t --table".split()
+)
+
+
+def rule_problem(rule: str) -> str | None:
+    """Why `rule` may not be sent to iptables-restore, or None when it may.
+
+    The kernel round trip catches bad syntax; this catches what could escape the one line
+    the rule is given (control characters, a second command, an unbalanced quote).
+    """
+    if not rule.strip():
+        return "an iptables rule, not an empty string"
+    if _CONTROL.search(rule):
+        return "a rule on one line without control characters (newline, NUL, tab...)"
+    try:
+        words = shlex.split(rule)
+    except ValueError:
+        return "a rule with balanced quotes"
+    flags = sorted(_COMMAND_FLAGS.intersection(words))
+    if flags:
+        return (
+            f"rule arguments without the command {flags[0]} "
+            "(write only what follows `-A CHAIN`; the chain is the key above)"
+        )
+    return None
+
+
+def _check_rule(rule: str) -> str:
+    problem = rule_problem(rule)
+    if problem:
+        raise ValueError(problem)
+    return rule
+
+
+_CHAIN_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,28}$"
+_IFACE_RE = r"^[A-Za-z0-9_.:@+-]{1,15}$"
+_NWID_RE = r"^[0-9a-f]{16}$"
+
+ChainName = Annotated[str, StringConstraints(pattern=_CHAIN_RE)]
+Rule = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_check_rule)]
+InterfaceName = Annotated[str, StringConstraints(pattern=_IFACE_RE)]
+NetworkId = Annotated[str, StringConstraints(pattern=_NWID_RE)]
+
+
+def _ip_network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as error:
+        raise ValueError(f"an IP network with a prefix length ({error})") from None
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("an IPv4 or IPv6 address") from None
+
+
+IpNetwork = Annotated[str, AfterValidator(_ip_network)]
+IpAddress = Annotated[str, AfterValidator(_ip_address)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(_Model):
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        description="Name of this target (host); names its state and lock files.",
+    )
+
+
+class ChainSpec(_Model):
+    """A chain written as a mapping, for options beyond the rule list."""
+
+    rules: list[Rule] = Field(default_factory=list, description="Rules in order, as iptables args.")
+    exclusive: bool = Field(
+        default=False,
+        description="ztplan owns the whole chain: foreign rules in it are deleted.",
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _no_duplicates(cls, rules: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule in seen:
+                raise ValueError(f"each rule once; {rule!r} is written twice")
+            seen.add(rule)
+        return rules
+
+
+class Table(_Model):
+    """One iptables table: `policy` for built-in chains, then one key per chain."""
+
+    policy: dict[ChainName, Literal["ACCEPT", "DROP"]] = Field(
+        default_factory=dict, description="Policy of built-in chains (ACCEPT or DROP)."
+    )
+    chains: dict[ChainName, ChainSpec] = Field(
+        default_factory=dict,
+        description="Chain name -> its rules (a list, or {rules, exclusive}); written as keys "
+        "of the table beside `policy`.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_chains(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "chains" in data:
+            return data
+        chains = {
+            k: ({"rules": v} if isinstance(v, list) else v)
+            for k, v in data.items()
+            if k != "policy"
+        }
+        out: dict[str, Any] = {"chains": chains}
+        if "policy" in data:
+            out["policy"] = data["policy"]
+        return out
+
+
+class Family(_Model):
+    filter: Table | None = None
+    nat: Table | None = None
+    mangle: Table | None = None
+    raw: Table | None = None
+    security: Table | None = None
+
+    def tables(self) -> dict[str, Table]:
+        return {name: t for name in TABLES if (t := getattr(self, name)) is not None}
+
+
+class Firewall(_Model):
+    ipv4: Family | None = Field(default=None, description="iptables (IPv4) tables.")
+    ipv6: Family | None = Field(default=None, description="ip6tables (IPv6) tables.")
+
+
+class Controller(_Model):
+    kind: Literal["central", "local"] = Field(
+        description="ZeroTier Central or a self-hosted controller."
+    )
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", description="API base URL.")
+    token_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the API token.",
+    )
+    token_file: str | None = Field(default=None, description="File holding the API token.")
+
+
+class Route(_Model):
+    target: IpNetwork = Field(description="Destination network, with prefix length.")
+    via: IpAddress | None = Field(default=None, description="Gateway address; none = on-link.")
+
+
+class Pool(_Model):
+    start: IpAddress = Field(description="First address handed out.")
+    end: IpAddress = Field(description="Last address handed out.")
+
+
+class Network(_Model):
+    id: NetworkId = Field(description="ZeroTier network id (16 lowercase hex digits).")
+    routes: list[Route] | None = Field(default=None, description="Managed routes.")
+    ip_pools: list[Pool] | None = Field(default=None, description="IP assignment pools.")
+
+
+class NdppdRule(_Model):
+    prefix: IpNetwork = Field(description="IPv6 prefix ndppd answers for.")
+    method: str = Field(
+        pattern=r"^(static|auto|iface:[A-Za-z0-9_.:@+-]{1,15})$",
+        description="static | auto | iface:<name>",
+    )
+
+
+class NdppdProxy(_Model):
+    interface: InterfaceName = Field(description="Interface ndppd listens on (the WAN side).")
+    router: bool | None = None
+    timeout: int | None = Field(default=None, ge=0)
+    ttl: int | None = Field(default=None, ge=0)
+    rules: list[NdppdRule] = Field(default_factory=list)
+
+
+class Ndppd(_Model):
+    config: str = Field(default="/etc/ndppd.conf", pattern=r"^/[^\x00-\x1f]*$")
+    pidfile: str | None = Field(default=None, pattern=r"^/[^\x00-\x1f]*$")
+    proxies: list[NdppdProxy] = Field(default_factory=list)
+
+
+class MemberNetwork(_Model):
+    id: NetworkId
+    allow_default: bool | None = None
+    allow_managed: bool | None = None
+    allow_global: bool | None = None
+    allow_dns: bool | None = None
+
+
+class Member(_Model):
+    service_url: str = Field(default="http://127.0.0.1:9993", pattern=r"^https?://[^\s]+$")
+    token_file: str | None = None
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    networks: list[MemberNetwork] = Field(default_factory=list)
+
+
+class Gateway(_Model):
+    """The `gateway:` shorthand (DESIGN §3); expanded into ordinary resources."""
+
+    network: NetworkId
+    zerotier_interface: InterfaceName
+    wan_interface: InterfaceName
+    ipv4: dict[str, Any] | None = None
+    ipv6: dict[str, Any] | None = None
+
+
+_SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_@:+/-]+)+$")
+
+
+def _check_sysctl(values: dict[str, int | str]) -> dict[str, int | str]:
+    for key, value in values.items():
+        if not _SYSCTL_KEY.match(key) or len(key) > 255:
+            raise ValueError(
+                f"{key!r}: a sysctl key like net.ipv4.ip_forward "
+                "(dot-separated names, no path components)"
+            )
+        if isinstance(value, str) and (
+            _CONTROL.sub("", value.replace("\t", " ")) != value.replace("\t", " ")
+        ):
+            raise ValueError(f"{key!r}: a value without control characters")
+    return values
+
+
+class Spec(_Model):
+    """A whole spec file."""
+
+    version: Literal[1] = Field(description="Spec format version; only 1 exists.")
+    target: Target
+    controller: Controller | None = None
+    networks: list[Network] = Field(default_factory=list)
+    gateway: Gateway | None = None
+    firewall: Firewall | None = None
+    sysctl: Annotated[dict[str, int | str], AfterValidator(_check_sysctl)] = Field(
+        default_factory=dict, description="sysctl key -> value, in the target's namespace."
+    )
+    ndppd: Ndppd | None = None
+    member: Member | None = None
+
+    @field_validator("sysctl", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any) -> Any:
+        # YAML reads `yes` as True; sysctl wants 1, and a silent True -> "True" is a trap.
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, bool) or not isinstance(item, int | str):
+                    raise ValueError(f"{key!r}: an integer or a string, got {item!r}")
+        return value
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def format_field(loc: tuple[Any, ...]) -> str:
+    """('firewall', 'ipv4', 'filter', 'FORWARD', 1) -> 'firewall.ipv4.filter.FORWARD[1]'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_+-]*", str(part)):
+            out += f".{part}" if out else str(part)
+        else:
+            out += f'["{part}"]'
+    return out
+
+
+def _resolve(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], int | None]:
+    """Map pydantic's error location onto the YAML as written: the field path and its line.
+
+    Steps that are not in the document are pydantic's own (`Table.chains`, the `rules` of a
+    chain written as a list, union branch names) and are dropped, except a last step that
+    names a missing field.
+    """
+    node, line, path = root, None, []
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, yaml.MappingNode):
+            found = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if found is not None:
+                node, line = found[1], found[0].start_mark.line + 1
+                path.append(part)
+            elif last:
+                path.append(part)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            path.append(part)
+        elif last and not isinstance(node, yaml.SequenceNode):
+            path.append(part)
+    return tuple(path), line
+
+
+def parse_spec(text: str, file: str) -> Spec:
+    """Parse and validate spec text; `file` names it in errors."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SpecError(
+            file, "", f"not valid YAML: {problem}", mark.line + 1 if mark else None
+        ) from None
+    if not isinstance(data, dict):
+        raise SpecError(file, "", "a YAML mapping with `version: 1` and `target: {name: ...}`")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        loc, line = _resolve(yaml.compose(text, Loader=yaml.SafeLoader), tuple(first["loc"]))
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "not a known field (check the spelling; see `ztplan schema`)"
+        elif first["type"] == "missing":
+            message = "required field is missing"
+        elif first["type"] == "literal_error":
+            message = f"{message}, got {first.get('input')!r}"
+        raise SpecError(file, format_field(loc), message, line) from None
+    for loc, message in _semantic_problems(spec):
+        _, line = _resolve(yaml.compose(text, Loader=yaml.SafeLoader), loc)
+        raise SpecError(file, format_field(loc), message, line)
+    return spec
+
+
+def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
+    """Checks that need more than one field, with the path of the field at fault."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    for family in FAMILIES:
+        fam: Family | None = getattr(spec.firewall, family, None)
+        for table_name, table in (fam.tables() if fam else {}).items():
+            for chain in table.policy:
+                if chain not in TABLES[table_name]:
+                    problems.append(
+                        (
+                            ("firewall", family, table_name, "policy", chain),
+                            f"a built-in chain of {table_name} ({', '.join(TABLES[table_name])}); "
+                            "user chains have no policy",
+                        )
+                    )
+    return problems
+
+
+def load_spec(path: str) -> Spec:
+    """Read a spec from a file in the working tree."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(
+            path,
+            "",
+            f"cannot read the spec: {error.__class__.__name__}: "
+            f"{getattr(error, 'strerror', None) or error}",
+        ) from None
+    return parse_spec(text, path)

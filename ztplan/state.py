@@ -1,0 +1,97 @@
+"""state/<target>.json: what the last apply left, written atomically (Terraform's shape).
+
+`serial` grows by one on each write; `lineage` is fixed when the file is first made, so a
+state file copied from another target is recognised. No secrets are ever written here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ztplan import __version__
+from ztplan.errors import ZtplanError
+from ztplan.model import Address, SpecSource
+
+__all__ = ["StateFile", "read_state", "state_path", "write_atomic", "write_state"]
+
+
+class StateFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = Field(default=1, description="Format of this file.")
+    serial: int = Field(description="Bumped on every write.")
+    lineage: str = Field(description="Fixed when the state was first written.")
+    ztplan_version: str
+    target: str
+    netns: str | None = None
+    spec: SpecSource
+    applied_at: str = Field(description="UTC time of the apply, ISO 8601.")
+    resources: dict[Address, str] = Field(
+        description="Digest of each resource the spec manages, as read back after the apply."
+    )
+
+
+def state_path(state_dir: Path, target: str) -> Path:
+    return state_dir / f"{target}.json"
+
+
+def read_state(state_dir: Path, target: str) -> StateFile | None:
+    path = state_path(state_dir, target)
+    try:
+        return StateFile.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValidationError, ValueError) as error:
+        raise ZtplanError(
+            f"{path}: unreadable state file ({error.__class__.__name__})",
+            "move it aside; the next apply writes a new one",
+        ) from None
+
+
+def write_atomic(path: Path, data: str, mode: int = 0o644) -> None:
+    """Temp file in the same directory, fsync, rename: readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_state(
+    state_dir: Path,
+    previous: StateFile | None,
+    target: str,
+    netns: str | None,
+    spec: SpecSource,
+    resources: dict[Address, str],
+) -> StateFile:
+    state = StateFile(
+        serial=(previous.serial + 1) if previous else 1,
+        lineage=previous.lineage if previous else str(uuid.uuid4()),
+        ztplan_version=__version__,
+        target=target,
+        netns=netns,
+        spec=spec,
+        applied_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        resources=dict(sorted(resources.items())),
+    )
+    write_atomic(
+        state_path(state_dir, target), json.dumps(state.model_dump(mode="json"), indent=2) + "\n"
+    )
+    return state
