@@ -112,6 +112,7 @@ class KernelNormaliser:
     def __init__(self, cache_dir: Path | None = None, file: str = "spec") -> None:
         self.cache_dir = cache_dir
         self.file = file
+        self._memo: dict[str, list[str]] = {}
 
     def __call__(
         self, family: str, rules: Sequence[SpecRule], chains: Mapping[str, set[str]]
@@ -122,6 +123,8 @@ class KernelNormaliser:
         key = digest_of(
             [family, list(map(list, rules)), sorted((t, sorted(c)) for t, c in chains.items())]
         )
+        if key in self._memo:
+            return list(self._memo[key])
         cache = (
             self.cache_dir / f"normalise-{family}-{key.split(':')[1][:32]}.json"
             if self.cache_dir
@@ -131,11 +134,13 @@ class KernelNormaliser:
             try:
                 cached = json.loads(cache.read_text())
                 if isinstance(cached, list) and len(cached) == len(rules):
-                    return [str(x) for x in cached]
+                    self._memo[key] = [str(x) for x in cached]
+                    return list(self._memo[key])
             except (OSError, ValueError):
                 pass
         with _scratch_namespace() as host:
             result = self._round_trip(host, family, rules, chains)
+        self._memo[key] = result
         if cache is not None:
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
@@ -422,13 +427,29 @@ class Firewall:
                 raise LiveReadError(self.name, f"{restore} failed: {_restore_message(done.stderr)}")
 
     def rollback(self, host: Host, before: Snapshot) -> None:
+        """Restore each family's tables from the dump `read` took (one restore each).
+
+        A table absent from that dump (nft makes tables only when first used) but present
+        now is restored empty with ACCEPT policies: what "absent" meant to the kernel.
+        """
         raw = before.raw if isinstance(before.raw, dict) else {}
         failed: list[str] = []
-        for family, (_, restore) in TOOLS.items():
-            if raw.get(family) and "*" in raw[family]:
-                done = host.run([restore], input=raw[family])
-                if done.returncode != 0:
-                    failed.append(f"{restore}: {_restore_message(done.stderr)}")
+        for family, (save, restore) in TOOLS.items():
+            old = raw.get(family, "")
+            had = set(parse_save(old))
+            now = set(parse_save(host.run([save]).stdout))
+            empty = [
+                f"*{table}\n"
+                + "".join(f":{chain} ACCEPT [0:0]\n" for chain in TABLES[table])
+                + "COMMIT\n"
+                for table in sorted(now - had)
+                if table in TABLES
+            ]
+            if not old.strip() and not empty:
+                continue
+            done = host.run([restore], input=old + "".join(empty))
+            if done.returncode != 0:
+                failed.append(f"{restore}: {_restore_message(done.stderr)}")
         if failed:
             raise LiveReadError(self.name, "; ".join(failed))
 

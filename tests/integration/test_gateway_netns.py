@@ -1,0 +1,427 @@
+"""Plan and apply the firewall and sysctl providers against the real kernel, in a netns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import full_dump, rules_of, sh
+from ztplan.apply import apply_plan
+from ztplan.errors import ApplyFailed, SpecError
+from ztplan.host import CommandResult, LocalHost
+from ztplan.model import Action, Change, Plan, Snapshot
+from ztplan.plan import build_providers, make_plan
+from ztplan.providers import Provider
+from ztplan.source import read_spec
+from ztplan.spec import Spec, parse_spec
+
+GATEWAY = """\
+version: 1
+target: {name: gw}
+firewall:
+  ipv4:
+    nat:
+      POSTROUTING:
+        - "-s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN"
+        - "-s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7"
+    filter:
+      policy: {FORWARD: DROP}
+      FORWARD:
+        - "-i zt+ -s 10.6.4.0/22 -j ACCEPT"
+        - "-i eth0 -d 10.6.4.0/22 -m state --state RELATED,ESTABLISHED -j ACCEPT"
+  ipv6:
+    filter:
+      policy: {FORWARD: DROP}
+      FORWARD:
+        - "-i zt+ -s 2001:db8:6::/64 -j ACCEPT"
+        - "-i eth0 -d 2001:db8:6::/64 -j ACCEPT"
+sysctl:
+  net.ipv4.ip_forward: 1
+  net.ipv6.conf.all.forwarding: 1
+"""
+
+
+class Silent:
+    def step_started(self, provider: str, changes: object) -> None: ...
+    def step_done(self, provider: str, changes: object) -> None: ...
+    def rolled_back(self, provider: str, ok: bool) -> None: ...
+
+
+@dataclass
+class Run:
+    spec: Spec
+    host: LocalHost
+    state_dir: Path
+
+    def providers(self) -> list[Provider]:
+        return build_providers(self.spec, "spec.yaml", self.state_dir / "cache")
+
+    def plan(self) -> tuple[Plan, dict[str, Snapshot]]:
+        return make_plan(self.spec, read_spec_source(), self.host, self.providers())
+
+    def apply(self, host: LocalHost | None = None) -> Plan:
+        plan, snapshots = self.plan()
+        providers = self.providers()
+        apply_plan(
+            self.spec, plan, snapshots, host or self.host, providers, Silent(), self.state_dir, None
+        )
+        return plan
+
+
+def read_spec_source():  # type: ignore[no-untyped-def]
+    from ztplan.model import SpecSource
+
+    return SpecSource(path="spec.yaml")
+
+
+def run_for(netns: str, state_dir: Path, text: str = GATEWAY) -> Run:
+    return Run(parse_spec(text, "spec.yaml"), LocalHost(netns), state_dir)
+
+
+def actions(plan: Plan) -> list[tuple[str, str]]:
+    return [(c.action.value, c.address) for c in plan.changes]
+
+
+def test_plan_of_an_empty_namespace_is_exactly_the_spec(netns: str, state_dir: Path) -> None:
+    plan, _ = run_for(netns, state_dir).plan()
+    assert actions(plan) == [
+        ("update", "firewall.ipv4.filter.policy.FORWARD"),
+        ("create", 'firewall.ipv4.filter.FORWARD["-s 10.6.4.0/22 -i zt+ -j ACCEPT"]'),
+        (
+            "create",
+            'firewall.ipv4.filter.FORWARD["-d 10.6.4.0/22 -i eth0 -m state --state '
+            'RELATED,ESTABLISHED -j ACCEPT"]',
+        ),
+        ("create", 'firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN"]'),
+        (
+            "create",
+            'firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7"]',
+        ),
+        ("update", "firewall.ipv6.filter.policy.FORWARD"),
+        ("create", 'firewall.ipv6.filter.FORWARD["-s 2001:db8:6::/64 -i zt+ -j ACCEPT"]'),
+        ("create", 'firewall.ipv6.filter.FORWARD["-d 2001:db8:6::/64 -i eth0 -j ACCEPT"]'),
+        ("update", 'sysctl["net.ipv4.ip_forward"]'),
+        ("update", 'sysctl["net.ipv6.conf.all.forwarding"]'),
+    ]
+    policy = next(c for c in plan.changes if c.address == "firewall.ipv4.filter.policy.FORWARD")
+    assert (policy.before, policy.after) == ("ACCEPT", "DROP")
+
+
+def test_apply_converges_and_writes_what_the_spec_says(netns: str, state_dir: Path) -> None:
+    run = run_for(netns, state_dir)
+    run.apply()
+    assert run.plan()[0].changes == []
+    assert rules_of(netns, "ipv4", "filter") == [
+        ":INPUT ACCEPT [0:0]",
+        ":FORWARD DROP [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        "-A FORWARD -s 10.6.4.0/22 -i zt+ -m comment --comment ztplan -j ACCEPT",
+        "-A FORWARD -d 10.6.4.0/22 -i eth0 -m comment --comment ztplan -m state --state "
+        "RELATED,ESTABLISHED -j ACCEPT",
+    ]
+    assert sh(netns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
+    assert sh(netns, "sysctl", "-n", "net.ipv6.conf.all.forwarding").strip() == "1"
+    assert (state_dir / "gw.json").exists()
+
+
+def test_drift_after_a_manual_delete_and_sysctl_is_planned_back(
+    netns: str, state_dir: Path
+) -> None:
+    run = run_for(netns, state_dir)
+    run.apply()
+    sh(
+        netns,
+        "iptables",
+        "-t",
+        "nat",
+        "-D",
+        "POSTROUTING",
+        "-s",
+        "10.6.4.0/22",
+        "-m",
+        "comment",
+        "--comment",
+        "ztplan",
+        "-j",
+        "SNAT",
+        "--to-source",
+        "198.51.100.7",
+    )
+    sh(netns, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+    sh(netns, "ip6tables", "-P", "FORWARD", "ACCEPT")
+    plan, _ = run.plan()
+    assert actions(plan) == [
+        (
+            "create",
+            'firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7"]',
+        ),
+        ("update", "firewall.ipv6.filter.policy.FORWARD"),
+        ("update", 'sysctl["net.ipv4.ip_forward"]'),
+    ]
+    run.apply()
+    assert run.plan()[0].changes == []
+    # Back in its place: after the RETURN rule, as the spec orders them.
+    assert rules_of(netns, "ipv4", "nat")[-2:] == [
+        "-A POSTROUTING -s 10.6.4.0/22 -d 10.6.4.0/22 -m comment --comment ztplan -j RETURN",
+        "-A POSTROUTING -s 10.6.4.0/22 -m comment --comment ztplan "
+        "-j SNAT --to-source 198.51.100.7",
+    ]
+
+
+def test_equivalent_spellings_are_the_same_rule(netns: str, state_dir: Path) -> None:
+    run_for(netns, state_dir).apply()
+    respelled = GATEWAY.replace(
+        '"-i zt+ -s 10.6.4.0/22 -j ACCEPT"',
+        '"--source 10.6.4.0/255.255.252.0 --in-interface zt+ --jump ACCEPT"',
+    )
+    assert respelled != GATEWAY
+    assert run_for(netns, state_dir, respelled).plan()[0].changes == []
+
+
+def test_foreign_rules_are_kept_in_place_and_reported(netns: str, state_dir: Path) -> None:
+    sh(netns, "iptables", "-A", "FORWARD", "-j", "LOG")  # e.g. a human's rule
+    sh(netns, "iptables", "-N", "DOCKER-USER")
+    sh(netns, "iptables", "-A", "FORWARD", "-j", "DOCKER-USER")
+    run = run_for(netns, state_dir)
+    plan, _ = run.plan()
+    assert plan.unmanaged == [
+        'firewall.ipv4.filter.FORWARD.foreign["-j LOG"]',
+        'firewall.ipv4.filter.FORWARD.foreign["-j DOCKER-USER"]',
+    ]
+    run.apply()
+    forward = [r for r in rules_of(netns) if r.startswith("-A FORWARD")]
+    assert forward == [
+        "-A FORWARD -j LOG",
+        "-A FORWARD -j DOCKER-USER",
+        "-A FORWARD -s 10.6.4.0/22 -i zt+ -m comment --comment ztplan -j ACCEPT",
+        "-A FORWARD -d 10.6.4.0/22 -i eth0 -m comment --comment ztplan -m state --state "
+        "RELATED,ESTABLISHED -j ACCEPT",
+    ]
+    # Removing a rule from the spec deletes only that owned rule; foreign ones stay.
+    shorter = GATEWAY.replace('        - "-i zt+ -s 10.6.4.0/22 -j ACCEPT"\n', "")
+    run2 = run_for(netns, state_dir, shorter)
+    assert actions(run2.plan()[0]) == [
+        ("delete", 'firewall.ipv4.filter.FORWARD["-s 10.6.4.0/22 -i zt+ -j ACCEPT"]')
+    ]
+    run2.apply()
+    assert [r for r in rules_of(netns) if r.startswith("-A FORWARD")] == [
+        "-A FORWARD -j LOG",
+        "-A FORWARD -j DOCKER-USER",
+        "-A FORWARD -d 10.6.4.0/22 -i eth0 -m comment --comment ztplan -m state --state "
+        "RELATED,ESTABLISHED -j ACCEPT",
+    ]
+
+
+def test_new_rule_goes_between_its_neighbours_and_reorder_is_fixed(
+    netns: str, state_dir: Path
+) -> None:
+    run_for(netns, state_dir).apply()
+    middle = GATEWAY.replace(
+        '        - "-i eth0 -d 10.6.4.0/22 -m state',
+        '        - "-i zt+ -p tcp --dport 22 -j ACCEPT"\n'
+        '        - "-i eth0 -d 10.6.4.0/22 -m state',
+    )
+    run = run_for(netns, state_dir, middle)
+    assert actions(run.plan()[0]) == [
+        ("create", 'firewall.ipv4.filter.FORWARD["-i zt+ -p tcp -m tcp --dport 22 -j ACCEPT"]')
+    ]
+    run.apply()
+    forward = [r for r in rules_of(netns) if r.startswith("-A FORWARD")]
+    assert (
+        forward[1]
+        == "-A FORWARD -i zt+ -p tcp -m comment --comment ztplan -m tcp --dport 22 -j ACCEPT"
+    )
+    # Someone moves a rule to the top by hand: the plan says "rule order" and apply fixes it.
+    sh(netns, "iptables", "-D", "FORWARD", "3")
+    sh(
+        netns,
+        "iptables",
+        "-I",
+        "FORWARD",
+        "1",
+        "-d",
+        "10.6.4.0/22",
+        "-i",
+        "eth0",
+        "-m",
+        "comment",
+        "--comment",
+        "ztplan",
+        "-m",
+        "state",
+        "--state",
+        "RELATED,ESTABLISHED",
+        "-j",
+        "ACCEPT",
+    )
+    plan, _ = run.plan()
+    assert [(c.action, c.address, c.reason) for c in plan.changes] == [
+        (Action.UPDATE, "firewall.ipv4.filter.FORWARD", "rule order")
+    ]
+    run.apply()
+    assert [r for r in rules_of(netns) if r.startswith("-A FORWARD")] == forward
+    assert run.plan()[0].changes == []
+
+
+def test_exclusive_chain_purges_foreign_rules(netns: str, state_dir: Path) -> None:
+    sh(netns, "iptables", "-A", "INPUT", "-p", "udp", "--dport", "9993", "-j", "ACCEPT")
+    sh(netns, "iptables", "-A", "INPUT", "-j", "LOG")
+    text = GATEWAY.replace(
+        "    filter:\n      policy: {FORWARD: DROP}\n      FORWARD:",
+        "    filter:\n      INPUT: {exclusive: true, rules: "
+        '["-p udp --dport 9993 -j ACCEPT"]}\n      policy: {FORWARD: DROP}\n'
+        "      FORWARD:",
+        1,
+    )
+    run = run_for(netns, state_dir, text)
+    plan, _ = run.plan()
+    purges = [
+        (c.action.value, c.address, c.reason)
+        for c in plan.changes
+        if c.address.startswith("firewall.ipv4.filter.INPUT")
+    ]
+    assert purges == [
+        ("create", 'firewall.ipv4.filter.INPUT["-p udp -m udp --dport 9993 -j ACCEPT"]', ""),
+        (
+            "delete",
+            'firewall.ipv4.filter.INPUT.foreign["-p udp -m udp --dport 9993 -j ACCEPT"]',
+            "foreign rule in an exclusive chain",
+        ),
+        (
+            "delete",
+            'firewall.ipv4.filter.INPUT.foreign["-j LOG"]',
+            "foreign rule in an exclusive chain",
+        ),
+    ]
+    run.apply()
+    assert [r for r in rules_of(netns) if r.startswith("-A INPUT")] == [
+        "-A INPUT -p udp -m comment --comment ztplan -m udp --dport 9993 -j ACCEPT"
+    ]
+    assert run.plan()[0].changes == []
+
+
+def test_a_rule_the_kernel_rejects_is_a_plan_time_error_with_its_path(
+    netns: str, state_dir: Path
+) -> None:
+    bad = GATEWAY.replace(
+        '"-i eth0 -d 10.6.4.0/22 -m state --state RELATED,ESTABLISHED -j ACCEPT"',
+        '"-i eth0 -p tcp --dport 99999 -j ACCEPT"',
+    )
+    before = full_dump(netns)
+    with pytest.raises(SpecError) as error:
+        run_for(netns, state_dir, bad).plan()
+    assert str(error.value).startswith(
+        "spec.yaml: firewall.ipv4.filter.FORWARD[1]: the kernel rejects this rule: "
+        "invalid port/service `99999' specified"
+    )
+    jump = GATEWAY.replace('"-i zt+ -s 2001:db8:6::/64 -j ACCEPT"', '"-j NO-SUCH-TARGET --foo"')
+    with pytest.raises(
+        SpecError, match=r"firewall\.ipv6\.filter\.FORWARD\[0\]: the kernel rejects"
+    ):
+        run_for(netns, state_dir, jump).plan()
+    assert full_dump(netns) == before
+
+
+def test_a_rule_that_becomes_two_kernel_rules_is_refused(netns: str, state_dir: Path) -> None:
+    two = GATEWAY.replace(
+        '"-i zt+ -s 10.6.4.0/22 -j ACCEPT"', '"-s 10.1.0.0/16,10.2.0.0/16 -j ACCEPT"'
+    )
+    with pytest.raises(SpecError, match=r"FORWARD\[0\]: this rule becomes 2 kernel rules"):
+        run_for(netns, state_dir, two).plan()
+
+
+def test_injection_is_refused_before_anything_runs(
+    netns: str, state_dir: Path, tmp_path: Path
+) -> None:
+    before = full_dump(netns)
+    for rule in (
+        '"-j ACCEPT\\n-A INPUT -j DROP"',
+        '"-j ACCEPT\\0"',
+        '"-j ACCEPT -A INPUT"',
+        '"-j ACCEPT\\nCOMMIT\\n*nat"',
+        "'-m comment --comment \"x -j ACCEPT'",
+    ):
+        text = GATEWAY.replace('"-i zt+ -s 10.6.4.0/22 -j ACCEPT"', rule)
+        with pytest.raises(
+            SpecError, match=r"spec\.yaml:\d+: firewall\.ipv4\.filter\.FORWARD\[0\]"
+        ):
+            parse_spec(text, "spec.yaml")
+    assert full_dump(netns) == before
+
+
+@dataclass
+class FailingHost:
+    """The real namespace, except that one restore fails: the v6 half of an apply."""
+
+    inner: LocalHost
+    fail_on: str
+
+    @property
+    def netns(self) -> str | None:
+        return self.inner.netns
+
+    def run(self, argv, input=None):  # type: ignore[no-untyped-def]
+        if argv[0] == self.fail_on and "--noflush" in argv:
+            return CommandResult(tuple(argv), 1, "", f"{self.fail_on}: line 3 failed")
+        return self.inner.run(argv, input)
+
+    def read_proc(self, path: str) -> str:
+        return self.inner.read_proc(path)
+
+    def write_proc(self, path: str, value: str) -> None:
+        self.inner.write_proc(path, value)
+
+
+def test_a_restore_failing_half_way_rolls_the_firewall_back(netns: str, state_dir: Path) -> None:
+    sh(netns, "iptables", "-A", "FORWARD", "-j", "LOG")
+    run = run_for(netns, state_dir)
+    before = full_dump(netns)
+    with pytest.raises(ApplyFailed) as error:
+        run.apply(host=FailingHost(run.host, "ip6tables-restore"))  # type: ignore[arg-type]
+    assert str(error.value) == (
+        "apply failed at step firewall: firewall: ip6tables-restore failed: "
+        "line 3 failed; rolled back: firewall"
+    )
+    assert full_dump(netns) == before  # the IPv4 half that had succeeded is gone again
+    assert sh(netns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "0"
+    assert not (state_dir / "gw.json").exists()
+
+
+def test_a_failing_later_step_rolls_back_earlier_ones(netns: str, state_dir: Path) -> None:
+    run = run_for(netns, state_dir)
+    before = full_dump(netns)
+
+    class BrokenSysctlHost(FailingHost):
+        def write_proc(self, path: str, value: str) -> None:
+            raise PermissionError(13, "Permission denied")
+
+    with pytest.raises(ApplyFailed) as error:
+        run.apply(host=BrokenSysctlHost(run.host, "none"))  # type: ignore[arg-type]
+    assert "apply failed at step sysctl" in str(error.value)
+    assert str(error.value).endswith("rolled back: sysctl, firewall")
+    assert full_dump(netns) == before
+
+
+def test_contract_read_twice_equal_and_rollback_restores(netns: str, state_dir: Path) -> None:
+    run = run_for(netns, state_dir)
+    for provider in run.providers():
+        first, second = provider.read(run.host), provider.read(run.host)
+        assert first.digest == second.digest
+    plan, snapshots = run.plan()
+    run.apply()
+    for provider in run.providers():
+        assert provider.read(run.host).digest != snapshots[provider.name].digest
+        provider.rollback(run.host, snapshots[provider.name])
+        assert provider.read(run.host).digest == snapshots[provider.name].digest
+
+
+def test_reference_spec_plans_in_a_namespace(netns: str, state_dir: Path) -> None:
+    from tests.conftest import SPECS
+
+    spec, source = read_spec(str(SPECS / "gateway.yaml"))
+    plan, _ = make_plan(spec, source, LocalHost(netns), build_providers(spec, source.path, None))
+    assert len(plan.changes) == 7
+    assert {f.address for f in plan.findings} == {"controller", "networks", "ndppd"}
+    assert isinstance(plan.changes[0], Change)

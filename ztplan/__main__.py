@@ -1,0 +1,5 @@
+"""`python -m ztplan` runs the CLI."""
+
+from ztplan.cli import main
+
+main()
