@@ -28,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    rich_markup_mode=None,  # plain help: importing rich's formatter costs ~50 ms per run
 )
 sandbox_app = typer.Typer(
     help="A throwaway gateway in a network namespace to try ztplan on.", no_args_is_help=True

@@ -24,7 +24,7 @@ _NOT_YET = ("controller", "networks", "ndppd", "member")
 def build_providers(spec: Spec, file: str, cache_dir: Path | None) -> list[Provider]:
     """The providers the spec needs, with their I/O wired in."""
     providers: list[Provider] = [
-        Firewall(normalise=KernelNormaliser(cache_dir=cache_dir, file=file)),
+        Firewall(normalise=KernelNormaliser(cache_dir=cache_dir), file=file),
         Sysctl(keys=list(spec.sysctl)),
     ]
     return [p for p in providers if p.manages(spec)]

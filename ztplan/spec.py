@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -27,7 +28,17 @@ from pydantic import (
 
 from ztplan.errors import SpecError
 
-__all__ = ["FAMILIES", "TABLES", "ChainSpec", "Spec", "load_spec", "parse_spec", "rule_problem"]
+__all__ = [
+    "FAMILIES",
+    "TABLES",
+    "ChainSpec",
+    "Spec",
+    "format_field",
+    "line_of",
+    "load_spec",
+    "parse_spec",
+    "rule_problem",
+]
 
 FAMILIES = ("ipv4", "ipv6")
 TABLES: dict[str, tuple[str, ...]] = {
@@ -277,6 +288,9 @@ def _check_sysctl(values: dict[str, int | str]) -> dict[str, int | str]:
 class Spec(_Model):
     """A whole spec file."""
 
+    _text: str = PrivateAttr(default="")
+    """The YAML it was parsed from, to give the line of a field in later errors."""
+
     version: Literal[1] = Field(description="Spec format version; only 1 exists.")
     target: Target
     controller: Controller | None = None
@@ -390,7 +404,15 @@ def parse_spec(text: str, file: str) -> Spec:
     for loc, message in _semantic_problems(spec):
         _, line = _resolve(yaml.compose(text, Loader=yaml.SafeLoader), loc)
         raise SpecError(file, format_field(loc), message, line)
+    spec._text = text
     return spec
+
+
+def line_of(spec: Spec, loc: tuple[Any, ...]) -> int | None:
+    """The line of field `loc` in the text `spec` was parsed from (None when unknown)."""
+    if not spec._text:
+        return None
+    return _resolve(yaml.compose(spec._text, Loader=yaml.SafeLoader), loc)[1]
 
 
 def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:

@@ -128,7 +128,7 @@ def test_a_bad_spec_changes_nothing(tmp_path: Path, spec: Path, netns: str) -> N
         ztplan("apply", str(spec), "--netns", netns, "--auto-approve", cwd=tmp_path)
     )
     assert line == (
-        f"Error: {spec}: firewall.ipv4.filter.FORWARD[0]: the kernel rejects this rule: "
+        f"Error: {spec}:12: firewall.ipv4.filter.FORWARD[0]: the kernel rejects this rule: "
         'unknown option "--bogus"'
     )
     assert full_dump(netns) == before
@@ -281,3 +281,14 @@ def test_spec_from_a_git_ref_not_the_work_tree(tmp_path: Path, netns: str) -> No
         )
     )
     assert "no commit named 'nope'" in line
+
+
+def test_help_imports_no_heavy_module() -> None:
+    """`ztplan --help` must stay fast: the heavy libraries load inside the commands only."""
+    code = (
+        "import sys, ztplan.cli; "
+        "print(sorted(m for m in ('pydantic', 'deepdiff', 'pyroute2', 'git', 'httpx', 'yaml', "
+        "'rich') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -313,7 +313,7 @@ def test_a_rule_the_kernel_rejects_is_a_plan_time_error_with_its_path(
     with pytest.raises(SpecError) as error:
         run_for(netns, state_dir, bad).plan()
     assert str(error.value).startswith(
-        "spec.yaml: firewall.ipv4.filter.FORWARD[1]: the kernel rejects this rule: "
+        "spec.yaml:13: firewall.ipv4.filter.FORWARD[1]: the kernel rejects this rule: "
         "invalid port/service `99999' specified"
     )
     jump = GATEWAY.replace('"-i zt+ -s 2001:db8:6::/64 -j ACCEPT"', '"-j NO-SUCH-TARGET --foo"')

@@ -32,7 +32,7 @@ from pydantic import JsonValue
 from ztplan.errors import LiveReadError, SpecError
 from ztplan.host import Host, LocalHost
 from ztplan.model import Action, Address, Change, Finding, Resource, Snapshot, digest_of
-from ztplan.spec import FAMILIES, TABLES, Spec
+from ztplan.spec import FAMILIES, TABLES, Spec, format_field, line_of
 
 __all__ = ["TAG", "Firewall", "KernelNormaliser", "parse_save", "rule_address"]
 
@@ -106,12 +106,20 @@ SpecRule = tuple[str, str, str, str, tuple[str | int, ...]]
 _MISSING_CHAIN = re.compile(r"Chain '([^']+)' does not exist|Couldn't load target `([^']+)'")
 
 
+class RuleRejected(Exception):
+    """A desired rule the kernel will not take as one rule; `path` is its place in the spec."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
 class KernelNormaliser:
     """Turns a family's desired rules into the kernel's spelling (tagged), via a scratch netns."""
 
-    def __init__(self, cache_dir: Path | None = None, file: str = "spec") -> None:
+    def __init__(self, cache_dir: Path | None = None) -> None:
         self.cache_dir = cache_dir
-        self.file = file
         self._memo: dict[str, list[str]] = {}
 
     def __call__(
@@ -205,7 +213,7 @@ class KernelNormaliser:
         message = _restore_message(
             host.run([restore], input=_scratch_input([bad], chains, extra)).stderr or stderr
         )
-        raise SpecError(self.file, _format_path(bad[4]), f"the kernel rejects this rule: {message}")
+        raise RuleRejected(bad[4], f"the kernel rejects this rule: {message}")
 
     def _raise_expanding_rule(
         self,
@@ -222,19 +230,12 @@ class KernelNormaliser:
                 len(t.rules.get(rule[2], [])) for t in parse_save(host.run([save]).stdout).values()
             )
             if count != 1:
-                raise SpecError(
-                    self.file,
-                    _format_path(rule[4]),
+                raise RuleRejected(
+                    rule[4],
                     f"this rule becomes {count} kernel rules (several addresses or a name "
                     "that resolves to several); write one rule per address",
                 )
         raise LiveReadError("firewall", "the kernel returned the rules in an unexpected shape")
-
-
-def _format_path(path: tuple[str | int, ...]) -> str:
-    from ztplan.spec import format_field
-
-    return format_field(path)
 
 
 def _restore_message(stderr: str) -> str:
@@ -290,8 +291,10 @@ class Firewall:
 
     name: ClassVar[str] = "firewall"
 
-    def __init__(self, normalise: Normaliser | None = None) -> None:
+    def __init__(self, normalise: Normaliser | None = None, file: str = "spec") -> None:
         self.normalise: Normaliser = normalise or KernelNormaliser()
+        self.file = file
+        """The spec's name, for errors about its rules."""
 
     def manages(self, spec: Spec) -> bool:
         return spec.firewall is not None
@@ -314,16 +317,21 @@ class Firewall:
                         spec_path: tuple[str | int, ...] = ("firewall", family, table_name)
                         spec_path += (chain, i)
                         rules.append((family, table_name, chain, rule, spec_path))
-            normalised = [_untag(r) for r in self.normalise(family, rules, chains)]
+            try:
+                normalised = [_untag(r) for r in self.normalise(family, rules, chains)]
+            except RuleRejected as error:
+                raise SpecError(
+                    self.file, format_field(error.path), error.message, line_of(spec, error.path)
+                ) from None
             by_chain: dict[tuple[str, str], list[str]] = {}
             for (_, table_name, chain, _, path), rule in zip(rules, normalised, strict=True):
                 address = rule_address(family, table_name, chain, rule)
                 if address in out:
-                    file = getattr(self.normalise, "file", "spec")
                     raise SpecError(
-                        file,
-                        _format_path(path),
+                        self.file,
+                        format_field(path),
                         f"the same rule as another in this chain once normalised: {rule}",
+                        line_of(spec, path),
                     )
                 out[address] = Resource(address, rule)
                 by_chain.setdefault((table_name, chain), []).append(rule)
