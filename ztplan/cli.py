@@ -381,6 +381,19 @@ def sandbox_up() -> None:
     _guard(False, body)
 
 
+@sandbox_app.command("env")
+def sandbox_env_cmd() -> None:
+    """Print the shell lines that point ztplan at the sandbox's controller emulator."""
+
+    def body() -> int:
+        from ztplan.sandbox import sandbox_env
+
+        print(sandbox_env())
+        return 0
+
+    _guard(False, body)
+
+
 @sandbox_app.command("down")
 def sandbox_down() -> None:
     """Delete the sandbox namespaces."""

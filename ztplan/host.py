@@ -43,6 +43,10 @@ class Host(Protocol):
         """Write a /proc/sys file in the target namespace."""
         ...
 
+    def addresses(self) -> dict[str, list[str]]:
+        """Interface name -> its IP addresses (no prefix length), in the target namespace."""
+        ...
+
 
 @dataclass
 class LocalHost:
@@ -90,3 +94,17 @@ class LocalHost:
     def write_proc(self, path: str, value: str) -> None:
         with self._inside(), open(path, "w", encoding="utf-8") as handle:
             handle.write(value)
+
+    def addresses(self) -> dict[str, list[str]]:
+        from pyroute2 import IPRoute, NetNS
+
+        out: dict[str, list[str]] = {}
+        with NetNS(self.netns) if self.netns else IPRoute() as ipr:
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            for name in names.values():
+                out.setdefault(str(name), [])
+            for addr in ipr.get_addr():
+                name = names.get(addr["index"])
+                if name is not None:
+                    out[str(name)].append(str(addr.get_attr("IFA_ADDRESS")))
+        return out

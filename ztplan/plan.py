@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from ztplan import __version__
+from ztplan.checks import check_spec
 from ztplan.diff import diff_resources
 from ztplan.host import Host
 from ztplan.model import Finding, Plan, Snapshot, SpecSource
@@ -18,7 +20,10 @@ from ztplan.state import StateFile
 
 __all__ = ["build_providers", "make_plan", "not_yet_managed"]
 
-_NOT_YET = ("controller", "networks", "ndppd", "member")
+_NOT_YET = ("ndppd", "member")
+
+CONTROLLER_URL_ENV = "ZTPLAN_CONTROLLER_URL"
+"""Overrides the spec's controller URL (the sandbox's emulator, a staging controller)."""
 
 
 def build_providers(spec: Spec, file: str, cache_dir: Path | None) -> list[Provider]:
@@ -27,6 +32,12 @@ def build_providers(spec: Spec, file: str, cache_dir: Path | None) -> list[Provi
         Firewall(normalise=KernelNormaliser(cache_dir=cache_dir), file=file),
         Sysctl(keys=list(spec.sysctl)),
     ]
+    if spec.controller is not None and spec.networks:
+        from ztplan.api import shared_client
+        from ztplan.providers.controller import Controller, controller_client
+
+        api = controller_client(spec, shared_client(), os.environ.get(CONTROLLER_URL_ENV))
+        providers.append(Controller(api, spec.controller.kind, [n.id for n in spec.networks]))
     return [p for p in providers if p.manages(spec)]
 
 
@@ -76,6 +87,11 @@ def make_plan(
         findings.extend(provider.check(spec, snapshot))
         if found:
             desired_values.update({a: r.value for a, r in desired.items()})
+    try:
+        addresses: dict[str, list[str]] | None = host.addresses()
+    except OSError:
+        addresses = None
+    findings.extend(check_spec(spec, addresses))
     plan = Plan(
         ztplan_version=__version__,
         target=spec.target.name,

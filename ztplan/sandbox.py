@@ -1,21 +1,30 @@
-"""A throwaway gateway to try ztplan on: two network namespaces joined by veth pairs.
+"""A throwaway gateway to try ztplan on: two network namespaces joined by veth pairs,
+and a controller emulator (ZeroTier Central, the self-hosted controller and the member
+service, on 127.0.0.1) that already has the example network.
 
     ztplan-sandbox (the gateway)          ztplan-sandbox-peer (the world)
       eth0 198.51.100.7/24  <--- veth --->  wan0 198.51.100.1/24   (the Internet side)
       zt0  10.6.6.2/22      <--- veth --->  ztm0 10.6.6.3/22       (a ZeroTier member)
 
 Built with pyroute2 (veth pairs: this kernel has no `dummy` links). The host's own
-namespace is never touched.
+namespace is never touched. `ztplan sandbox env` prints the variables that point ztplan at
+the emulator (`eval "$(ztplan sandbox env)"`).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from ztplan.errors import ZtplanError
 from ztplan.host import NETNS_DIR
 
-__all__ = ["GATEWAY", "PEER", "sandbox_down", "sandbox_status", "sandbox_up"]
+__all__ = ["GATEWAY", "PEER", "sandbox_down", "sandbox_env", "sandbox_status", "sandbox_up"]
 
 GATEWAY = "ztplan-sandbox"
 PEER = "ztplan-sandbox-peer"
@@ -29,6 +38,89 @@ LINKS = (
 )
 
 
+RUN_DIR = Path("/run/ztplan-sandbox")
+NETWORK = "8056c2e21c000001"
+"""The example network of specs/*.yaml, created on the emulator."""
+
+
+def _emulator_pid() -> int | None:
+    try:
+        pid = int((RUN_DIR / "emulator.pid").read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _start_emulator() -> str:
+    """Start the emulator detached (it outlives this command) and return its URL."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    token_file = RUN_DIR / "authtoken.secret"
+    if not token_file.exists():
+        token_file.touch(mode=0o600)
+        token_file.write_text(secrets.token_hex(12))
+    log = open(RUN_DIR / "emulator.log", "w")  # noqa: SIM115 - handed to the child
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ztplan.testing.emulator",
+            "--port",
+            "0",
+            "--token-file",
+            str(token_file),
+            "--network",
+            NETWORK,
+            "--join",
+            NETWORK,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        start_new_session=True,
+    )
+    assert child.stdout is not None
+    url = child.stdout.readline().strip()
+    if not url.startswith("http://127.0.0.1:"):
+        child.kill()
+        raise ZtplanError(f"the controller emulator did not start (see {RUN_DIR}/emulator.log)")
+    (RUN_DIR / "emulator.pid").write_text(str(child.pid))
+    (RUN_DIR / "emulator.url").write_text(url)
+    return url
+
+
+def _stop_emulator() -> None:
+    pid = _emulator_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+    for name in ("emulator.pid", "emulator.url", "authtoken.secret", "emulator.log"):
+        (RUN_DIR / name).unlink(missing_ok=True)
+
+
+def sandbox_env() -> str:
+    """Shell lines that point ztplan at the sandbox's emulator (Central API, member service)."""
+    if _emulator_pid() is None:
+        raise ZtplanError(
+            "the sandbox's controller emulator is not running", "run `ztplan sandbox up` first"
+        )
+    url = (RUN_DIR / "emulator.url").read_text().strip()
+    token = (RUN_DIR / "authtoken.secret").read_text().strip()
+    return "\n".join(
+        [
+            f"export ZTPLAN_CONTROLLER_URL={url}/api/v1",
+            f"export ZEROTIER_CENTRAL_TOKEN={token}",
+            f"export ZTPLAN_MEMBER_URL={url}",
+            f"export ZTPLAN_MEMBER_TOKEN_FILE={RUN_DIR}/authtoken.secret",
+        ]
+    )
+
+
 def _exists(name: str) -> bool:
     return os.path.exists(os.path.join(NETNS_DIR, name))
 
@@ -38,6 +130,8 @@ def sandbox_up() -> str:
     from pyroute2 import netns as pyroute2_netns
 
     if _exists(GATEWAY):
+        if _emulator_pid() is None:
+            _start_emulator()
         return f"{GATEWAY} is already up.\n" + sandbox_status()[0]
     try:
         for name in (GATEWAY, PEER):
@@ -60,6 +154,8 @@ def sandbox_up() -> str:
             for ns in (gw, peer):
                 (lo,) = ns.link_lookup(ifname="lo")
                 ns.link("set", index=lo, state="up")
+        if _emulator_pid() is None:
+            _start_emulator()
     except Exception as error:
         sandbox_down()
         raise ZtplanError(
@@ -72,6 +168,9 @@ def sandbox_down() -> str:
     from pyroute2 import netns as pyroute2_netns
 
     removed = []
+    if _emulator_pid() is not None:
+        removed.append("the controller emulator")
+    _stop_emulator()
     for name in (GATEWAY, PEER):
         if _exists(name):
             pyroute2_netns.remove(name)  # its veth ends go with it
@@ -96,5 +195,12 @@ def sandbox_status() -> tuple[str, bool]:
                 if not str(a.get_attr("IFA_ADDRESS")).startswith("fe80")
             ]
             lines.append(f"  {name}: {link.get_attr('IFLA_OPERSTATE')} {' '.join(addrs)}")
-    lines.append(f"Try: ztplan plan specs/gateway.yaml --netns {GATEWAY}")
+    if _emulator_pid() is not None:
+        url = (RUN_DIR / "emulator.url").read_text().strip()
+        lines.append(f"  controller emulator: {url} (network {NETWORK})")
+    else:
+        lines.append("  controller emulator: not running")
+    lines.append(
+        f'Try: eval "$(ztplan sandbox env)"; ztplan plan specs/gateway.yaml --netns {GATEWAY}'
+    )
     return "\n".join(lines), True

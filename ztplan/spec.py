@@ -418,6 +418,13 @@ def line_of(spec: Spec, loc: tuple[Any, ...]) -> int | None:
 def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
     """Checks that need more than one field, with the path of the field at fault."""
     problems: list[tuple[tuple[Any, ...], str]] = []
+    if spec.networks and spec.controller is None:
+        problems.append((("networks",), "a `controller:` section saying where the networks live"))
+    seen: set[str] = set()
+    for i, network in enumerate(spec.networks):
+        if network.id in seen:
+            problems.append((("networks", i, "id"), f"each network once; {network.id} is twice"))
+        seen.add(network.id)
     for family in FAMILIES:
         fam: Family | None = getattr(spec.firewall, family, None)
         for table_name, table in (fam.tables() if fam else {}).items():

@@ -417,11 +417,31 @@ def test_contract_read_twice_equal_and_rollback_restores(netns: str, state_dir: 
         assert provider.read(run.host).digest == snapshots[provider.name].digest
 
 
-def test_reference_spec_plans_in_a_namespace(netns: str, state_dir: Path) -> None:
+def test_reference_spec_plans_and_applies_with_the_controller(
+    netns: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tests.conftest import SPECS
+    from ztplan.testing.emulator import ControllerEmulator
 
-    spec, source = read_spec(str(SPECS / "gateway.yaml"))
-    plan, _ = make_plan(spec, source, LocalHost(netns), build_providers(spec, source.path, None))
-    assert len(plan.changes) == 7
-    assert {f.address for f in plan.findings} == {"controller", "networks", "ndppd"}
-    assert isinstance(plan.changes[0], Change)
+    with ControllerEmulator(token="t0ken") as emulator:
+        emulator.add_network("8056c2e21c000001")
+        monkeypatch.setenv("ZTPLAN_CONTROLLER_URL", emulator.url + "/api/v1")
+        monkeypatch.setenv("ZEROTIER_CENTRAL_TOKEN", "t0ken")
+        spec, source = read_spec(str(SPECS / "gateway.yaml"))
+        run = Run(spec, LocalHost(netns), state_dir)
+        plan, _ = run.plan()
+        assert [c.address for c in plan.changes][-2:] == [
+            'controller.network["8056c2e21c000001"].routes',
+            'controller.network["8056c2e21c000001"].ip_pools',
+        ]
+        assert len(plan.changes) == 9
+        assert [f.message for f in plan.findings if f.address == "ndppd"] == [
+            "`ndppd` is not managed by ztplan 0.1.0 yet; ignored"]
+        run.apply()
+        assert run.plan()[0].changes == []
+        assert emulator.network("8056c2e21c000001")["routes"] == [
+            {"target": "0.0.0.0/0", "via": "10.6.6.2"},
+            {"target": "10.6.4.0/22", "via": None},
+            {"target": "2001:19f0:6001:1a6::/80", "via": None},
+        ]
+        assert isinstance(plan.changes[0], Change)

@@ -50,6 +50,17 @@ def _change_lines(change: Change, color: bool) -> list[str]:
         lines.extend(f"        was: {line}" for line in map(str, change.before))
         after = change.after if isinstance(change.after, list) else []
         lines.extend(f"        now: {line}" for line in map(str, after))
+    elif change.action is Action.UPDATE and isinstance(change.before, list):
+        # A list compared as a set (routes, pools): show what goes and what comes.
+        after = change.after if isinstance(change.after, list) else []
+        was, now = [_value(x) for x in change.before], [_value(x) for x in after]
+        lines.append(_paint(head, _COLOUR[change.action], color))
+        lines.extend(
+            _paint(f"      - {x}", _COLOUR[Action.DELETE], color) for x in was if x not in now
+        )
+        lines.extend(
+            _paint(f"      + {x}", _COLOUR[Action.CREATE], color) for x in now if x not in was
+        )
     elif change.action is Action.UPDATE:
         lines.append(
             _paint(

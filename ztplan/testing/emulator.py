@@ -756,6 +756,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--network", action="append", default=[], metavar="NWID", help="create it (repeatable)"
     )
+    parser.add_argument(
+        "--join", action="append", default=[], metavar="NWID",
+        help="make the emulated node a member of it (member-side service API; repeatable)",
+    )
     args = parser.parse_args(argv)
     token = args.token_file.read_text().strip() if args.token_file else "test-token"
     stop = threading.Event()
@@ -763,6 +767,8 @@ def main(argv: list[str] | None = None) -> None:
     with ControllerEmulator(token=token, node_id=args.node_id, port=args.port) as emulator:
         for nwid in args.network:
             emulator.add_network(nwid)
+        for nwid in args.join:
+            emulator.join(nwid)
         print(emulator.url, flush=True)
         try:
             while not stop.wait(0.5):

@@ -1,0 +1,151 @@
+"""The guide's mistakes that span providers, found at plan time (DESIGN §4).
+
+Each check reads the spec (and, where it says so, the interfaces of the target namespace)
+and returns findings; none raises. Single-provider checks live in the providers' `check`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
+
+from ztplan.model import Finding
+from ztplan.spec import Spec
+
+__all__ = ["check_spec"]
+
+Addresses = Mapping[str, Sequence[str]]
+
+
+def _option(words: Sequence[str], *names: str) -> str | None:
+    for i, word in enumerate(words[:-1]):
+        if word in names:
+            return words[i + 1]
+    return None
+
+
+def _rules(spec: Spec, family: str, table: str, chain: str) -> Iterator[tuple[int, list[str]]]:
+    fam = getattr(spec.firewall, family, None) if spec.firewall else None
+    tab = getattr(fam, table, None) if fam else None
+    if tab is None or chain not in tab.chains:
+        return
+    for i, rule in enumerate(tab.chains[chain].rules):
+        yield i, shlex.split(rule)
+
+
+def _via_outside_routes(spec: Spec) -> list[Finding]:
+    findings = []
+    for network in spec.networks:
+        nets = [ipaddress.ip_network(r.target) for r in network.routes or []]
+        for i, route in enumerate(network.routes or []):
+            if route.via is None:
+                continue
+            via = ipaddress.ip_address(route.via)
+            if not any(via.version == n.version and via in n and n.prefixlen > 0 for n in nets):
+                findings.append(
+                    Finding(
+                        severity="error",
+                        address=f'controller.network["{network.id}"].routes[{i}]',
+                        message=f"via {via} is outside every managed route of the network, so "
+                        f"members cannot reach it; add the subnet that holds {via} as a route",
+                    )
+                )
+    return findings
+
+
+def _default_via_on_zerotier(spec: Spec, addresses: Addresses) -> list[Finding]:
+    if spec.firewall is None and spec.ndppd is None:
+        return []  # not a gateway's spec: the via is another host
+    zerotier = {a for name, addrs in addresses.items() if name.startswith("zt") for a in addrs}
+    findings = []
+    for network in spec.networks:
+        for route in network.routes or []:
+            target = ipaddress.ip_network(route.target)
+            if target.prefixlen == 0 and route.via and route.via not in zerotier:
+                findings.append(
+                    Finding(
+                        severity="warning",
+                        address=f'controller.network["{network.id}"].routes',
+                        message=f"the default route goes via {route.via}, which is not an address "
+                        "of this host's ZeroTier interface (zt*): members would send their traffic "
+                        "to a host that is not this gateway",
+                    )
+                )
+    return findings
+
+
+def _snat_source_on_wan(spec: Spec, addresses: Addresses) -> list[Finding]:
+    findings = []
+    for i, words in _rules(spec, "ipv4", "nat", "POSTROUTING"):
+        source = _option(words, "--to-source")
+        if _option(words, "-j", "--jump") != "SNAT" or not source:
+            continue
+        first = source.split("-")[0].split(":")[0]
+        wan = _option(words, "-o", "--out-interface")
+        held = (
+            addresses.get(wan, [])
+            if wan and not wan.endswith("+")
+            else [a for addrs in addresses.values() for a in addrs]
+        )
+        if first not in held:
+            where = f"interface {wan}" if wan else "any interface"
+            findings.append(
+                Finding(
+                    severity="warning",
+                    address=f"firewall.ipv4.nat.POSTROUTING[{i}]",
+                    message=f"SNAT --to-source {first} is not an address of {where} here; if the "
+                    "public address is dynamic, use `-j MASQUERADE` instead",
+                )
+            )
+    return findings
+
+
+def _forward_drop_lets_zerotier_out(spec: Spec) -> list[Finding]:
+    findings = []
+    for family in ("ipv4", "ipv6"):
+        fam = getattr(spec.firewall, family, None) if spec.firewall else None
+        table = fam.filter if fam else None
+        if table is None or table.policy.get("FORWARD") != "DROP":
+            continue
+        version = 4 if family == "ipv4" else 6
+        subnets = [
+            ipaddress.ip_network(r.target)
+            for n in spec.networks
+            for r in n.routes or []
+            if ipaddress.ip_network(r.target).version == version
+            and ipaddress.ip_network(r.target).prefixlen > 0
+        ]
+        out = False
+        for _, words in _rules(spec, family, "filter", "FORWARD"):
+            if _option(words, "-j", "--jump") != "ACCEPT" or "!" in words:
+                continue
+            iface = _option(words, "-i", "--in-interface") or ""
+            source = _option(words, "-s", "--source")
+            inside = False
+            if source:
+                try:
+                    net = ipaddress.ip_network(source, strict=False)
+                    inside = any(net.version == s.version and net.subnet_of(s) for s in subnets)  # type: ignore[arg-type]
+                except ValueError:
+                    inside = False
+            if iface.startswith("zt") or inside:
+                out = True
+        if not out:
+            findings.append(
+                Finding(
+                    severity="warning",
+                    address=f"firewall.{family}.filter.policy.FORWARD",
+                    message="FORWARD policy DROP, and no FORWARD rule accepts traffic from the "
+                    "ZeroTier side (-i zt+ or -s <network subnet>): members lose the Internet",
+                )
+            )
+    return findings
+
+
+def check_spec(spec: Spec, addresses: Addresses | None) -> list[Finding]:
+    """All cross-provider findings; `addresses` None means the host was not read."""
+    findings = _via_outside_routes(spec) + _forward_drop_lets_zerotier_out(spec)
+    if addresses is not None:
+        findings += _default_via_on_zerotier(spec, addresses) + _snat_source_on_wan(spec, addresses)
+    return findings
