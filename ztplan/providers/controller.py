@@ -17,6 +17,7 @@ Lists are sorted on both sides: a controller that reorders routes shows no drift
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -194,8 +195,8 @@ class Controller:
         for field, value in fields.items():
             if kept[field] != value:
                 raise ControllerError(
-                    f"controller: network {nwid} did not keep its {field}: sent {value}, "
-                    f"stored {kept[field]}"
+                    f"controller: network {nwid} did not keep its {field}: "
+                    f"sent {json.dumps(value)}, stored {json.dumps(kept[field])}"
                 )
 
     def apply(
