@@ -156,6 +156,16 @@ class Plan(_Frozen):
             counts[change.action] += 1
         return counts
 
+    def summary(self) -> tuple[int, int, int]:
+        """(to add, to change, to destroy): a replace counts as one add and one destroy."""
+        counts = self.counts()
+        replace = counts[Action.REPLACE]
+        return (
+            counts[Action.CREATE] + replace,
+            counts[Action.UPDATE],
+            counts[Action.DELETE] + replace,
+        )
+
     @property
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "error"]

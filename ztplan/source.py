@@ -69,6 +69,9 @@ def _from_git(path: str, repo_dir: str, ref: str) -> tuple[Spec, SpecSource]:
             f"{repo_dir}: no commit named {ref!r}", "check the branch, tag or sha (and fetch it)"
         ) from None
     rel = os.path.normpath(path)
+    root = repo.working_tree_dir
+    if os.path.isabs(rel) and root is not None:
+        rel = os.path.relpath(os.path.realpath(rel), os.path.realpath(root))
     if rel.startswith(("..", "/")):
         raise SourceError(f"{path}: a path inside the repository is needed with --ref")
     try:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -89,7 +90,8 @@ def _check_rule(rule: str) -> str:
     return rule
 
 
-_CHAIN_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,28}$"
+_CHAIN_RE = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,27}$"
+"""The kernel allows 28 characters; no dots, which would make addresses ambiguous."""
 _IFACE_RE = r"^[A-Za-z0-9_.:@+-]{1,15}$"
 _NWID_RE = r"^[0-9a-f]{16}$"
 
@@ -223,6 +225,14 @@ class Network(_Model):
 
 class NdppdRule(_Model):
     prefix: IpNetwork = Field(description="IPv6 prefix ndppd answers for.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _ipv6(cls, value: str) -> str:
+        if ipaddress.ip_network(value).version != 6:
+            raise ValueError("an IPv6 prefix (ndppd answers IPv6 neighbour discovery)")
+        return value
+
     method: str = Field(
         pattern=r"^(static|auto|iface:[A-Za-z0-9_.:@+-]{1,15})$",
         description="static | auto | iface:<name>",
@@ -271,18 +281,25 @@ class Gateway(_Model):
 _SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_@:+/-]+)+$")
 
 
-def _check_sysctl(values: dict[str, int | str]) -> dict[str, int | str]:
-    for key, value in values.items():
-        if not _SYSCTL_KEY.match(key) or len(key) > 255:
-            raise ValueError(
-                f"{key!r}: a sysctl key like net.ipv4.ip_forward "
-                "(dot-separated names, no path components)"
-            )
-        if isinstance(value, str) and (
-            _CONTROL.sub("", value.replace("\t", " ")) != value.replace("\t", " ")
-        ):
-            raise ValueError(f"{key!r}: a value without control characters")
-    return values
+def _check_sysctl_key(key: str) -> str:
+    if not _SYSCTL_KEY.match(key) or len(key) > 255:
+        raise ValueError(
+            "a sysctl key like net.ipv4.ip_forward (dot-separated names, no path components)"
+        )
+    return key
+
+
+def _check_sysctl_value(value: Any) -> Any:
+    # YAML reads `yes` as True; sysctl wants 1, and a silent True -> "True" is a trap.
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"an integer or a string, got {value!r}")
+    if isinstance(value, str) and _CONTROL.search(value.replace("\t", " ")):
+        raise ValueError("a value without control characters")
+    return value
+
+
+SysctlKey = Annotated[str, AfterValidator(_check_sysctl_key)]
+SysctlValue = Annotated[int | str, BeforeValidator(_check_sysctl_value)]
 
 
 class Spec(_Model):
@@ -297,21 +314,11 @@ class Spec(_Model):
     networks: list[Network] = Field(default_factory=list)
     gateway: Gateway | None = None
     firewall: Firewall | None = None
-    sysctl: Annotated[dict[str, int | str], AfterValidator(_check_sysctl)] = Field(
+    sysctl: dict[SysctlKey, SysctlValue] = Field(
         default_factory=dict, description="sysctl key -> value, in the target's namespace."
     )
     ndppd: Ndppd | None = None
     member: Member | None = None
-
-    @field_validator("sysctl", mode="before")
-    @classmethod
-    def _no_bools(cls, value: Any) -> Any:
-        # YAML reads `yes` as True; sysctl wants 1, and a silent True -> "True" is a trap.
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if isinstance(item, bool) or not isinstance(item, int | str):
-                    raise ValueError(f"{key!r}: an integer or a string, got {item!r}")
-        return value
 
 
 # --- loading -------------------------------------------------------------------------
@@ -336,6 +343,19 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+_PATTERN_WORDS = {
+    _CHAIN_RE: "a chain name: up to 28 letters, digits, _ or -",
+    _IFACE_RE: "an interface name: up to 15 letters, digits or . : @ + - _",
+    _NWID_RE: "a network id: 16 lowercase hex digits",
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$": "a name of letters, digits, _ . - (up to 63)",
+    r"^https?://[^\s]+$": "an http:// or https:// URL",
+    r"^[A-Za-z_][A-Za-z0-9_]*$": "an environment variable name",
+    r"^(static|auto|iface:[A-Za-z0-9_.:@+-]{1,15})$": "static, auto or iface:<interface>",
+    r"^/[^\x00-\x1f]*$": "an absolute path",
+}
+"""What each pattern means, for errors (a regex is no answer to a user)."""
+
+
 def format_field(loc: tuple[Any, ...]) -> str:
     """('firewall', 'ipv4', 'filter', 'FORWARD', 1) -> 'firewall.ipv4.filter.FORWARD[1]'."""
     out = ""
@@ -357,6 +377,7 @@ def _resolve(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[tuple[Any, .
     names a missing field.
     """
     node, line, path = root, None, []
+    loc = tuple(part for part in loc if part != "[key]")
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
         if isinstance(node, yaml.MappingNode):
@@ -398,6 +419,10 @@ def parse_spec(text: str, file: str) -> Spec:
             message = "not a known field (check the spelling; see `ztplan schema`)"
         elif first["type"] == "missing":
             message = "required field is missing"
+        elif first["type"] == "string_pattern_mismatch":
+            pattern = str((first.get("ctx") or {}).get("pattern", ""))
+            message = _PATTERN_WORDS.get(pattern, f"a value matching {pattern}")
+            message += f", got {first.get('input')!r}"
         elif first["type"] == "literal_error":
             message = f"{message}, got {first.get('input')!r}"
         raise SpecError(file, format_field(loc), message, line) from None
@@ -420,11 +445,17 @@ def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
     problems: list[tuple[tuple[Any, ...], str]] = []
     if spec.networks and spec.controller is None:
         problems.append((("networks",), "a `controller:` section saying where the networks live"))
-    seen: set[str] = set()
-    for i, network in enumerate(spec.networks):
-        if network.id in seen:
-            problems.append((("networks", i, "id"), f"each network once; {network.id} is twice"))
-        seen.add(network.id)
+    ids = {
+        "networks": [n.id for n in spec.networks],
+        "member": [n.id for n in spec.member.networks] if spec.member else [],
+    }
+    for section, networks in ids.items():
+        seen: set[str] = set()
+        for i, network in enumerate(networks):
+            loc = (section, i, "id") if section == "networks" else (section, "networks", i, "id")
+            if network in seen:
+                problems.append((loc, f"each network once; {network} is written twice"))
+            seen.add(network)
     for family in FAMILIES:
         fam: Family | None = getattr(spec.firewall, family, None)
         for table_name, table in (fam.tables() if fam else {}).items():

@@ -240,7 +240,7 @@ class KernelNormaliser:
 
 def _restore_message(stderr: str) -> str:
     for line in stderr.splitlines():
-        line = re.sub(r"^\S*tables-restore( v[\d.]+)?( \([^)]*\))?: ", "", line.strip())
+        line = re.sub(r"^\S*tables-(restore|save)( v[\d.]+)?( \([^)]*\))?: ", "", line.strip())
         if line and not line.startswith(("Error occurred at line", "Try `")):
             return line
     return stderr.strip() or "rejected"
@@ -408,7 +408,10 @@ class Firewall:
             if family not in touched and family not in policies:
                 continue
             save, restore = TOOLS[family]
-            live = parse_save(host.run([save]).stdout)
+            before = host.run([save])
+            if before.returncode != 0:  # editing blind would duplicate or flush rules
+                raise LiveReadError(self.name, f"{save} failed: {_restore_message(before.stderr)}")
+            live = parse_save(before.stdout)
             text: list[str] = []
             for table in sorted(set(touched.get(family, {})) | set(policies.get(family, {}))):
                 text.append(f"*{table}")
@@ -485,15 +488,18 @@ def _edit_chain(
     index = {rule: i for i, rule in enumerate(desired)}
     live_owned = [(i, _untag(r)) for i, r in enumerate(live) if _is_owned(r)]
     keep = _longest_increasing([(pos, index[rule]) for pos, rule in live_owned if rule in index])
-    lines: list[str] = []
+    doomed: list[int] = []
     chain_now: list[tuple[str, bool]] = []  # (untagged rule, owned) after the deletions
     for pos, rule in enumerate(live):
         mine = _is_owned(rule)
         foreign_address = rule_address(family, table, chain, rule, foreign=True)
         if (mine and pos not in keep) or (not mine and foreign_address in purged):
-            lines.append(f"-D {chain} {rule}")
+            doomed.append(pos)
         else:
             chain_now.append((_untag(rule) if mine else rule, mine))
+    # By number, last first, so earlier numbers stay valid: `-D CHAIN RULE` would delete
+    # the first identical rule, the wrong one when a rule is in the chain twice.
+    lines = [f"-D {chain} {pos + 1}" for pos in reversed(doomed)]
     owned_at = [i for i, (_, mine) in enumerate(chain_now) if mine]
     cursor = owned_at[0] if owned_at else len(chain_now)
     for rule in desired:

@@ -36,10 +36,8 @@ def render_source(source: SpecSource) -> str:
 
 
 def summary_line(plan: Plan) -> str:
-    counts = plan.counts()
-    adds = counts[Action.CREATE] + counts[Action.REPLACE]
-    destroys = counts[Action.DELETE] + counts[Action.REPLACE]
-    return f"Plan: {adds} to add, {counts[Action.UPDATE]} to change, {destroys} to destroy."
+    adds, changes, destroys = plan.summary()
+    return f"Plan: {adds} to add, {changes} to change, {destroys} to destroy."
 
 
 def _change_lines(change: Change, color: bool) -> list[str]:

@@ -20,15 +20,13 @@ def _code(text: str) -> str:
 
 
 def render_markdown(plan: Plan) -> str:
-    counts = plan.counts()
-    commit = plan.spec.commit[:12] if plan.spec.commit else "working tree"
+    adds, changes, destroys = plan.summary()
     out = [
         f"### ztplan plan: {plan.target}",
         "",
         "| target | add | change | destroy | spec |",
         "|---|---|---|---|---|",
-        f"| {plan.target} | {counts[Action.CREATE]} | {counts[Action.UPDATE]} | "
-        f"{counts[Action.DELETE]} | {_code(render_source(plan.spec))} ({commit}) |",
+        f"| {plan.target} | {adds} | {changes} | {destroys} | {_code(render_source(plan.spec))} |",
         "",
     ]
     for finding in plan.findings:

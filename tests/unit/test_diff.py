@@ -1,0 +1,204 @@
+"""ztplan.diff: desired vs live -> changes, keyed by address; foreign things left alone
+unless their scope purges them."""
+
+from __future__ import annotations
+
+from pydantic import JsonValue
+
+from ztplan.diff import diff_resources, same_relative_order
+from ztplan.model import Action, Change, Resource
+
+CHAIN = "firewall.ipv4.filter.FORWARD"
+SCOPE = f"{CHAIN}.foreign["
+
+
+def rule(text: str, owned: bool = True) -> Resource:
+    address = f"{CHAIN}.foreign[{text!r}]" if not owned else f"{CHAIN}[{text!r}]"
+    return Resource(address, text, owned=owned)
+
+
+def order(rules: list[str], purge: bool = False) -> Resource:
+    return Resource(CHAIN, list(rules), relative_order=True, scope=SCOPE, purge=purge)
+
+
+def live_order(rules: list[str]) -> Resource:
+    return Resource(CHAIN, list(rules), owned=False, relative_order=True)
+
+
+def by_address(*resources: Resource) -> dict[str, Resource]:
+    return {r.address: r for r in resources}
+
+
+def test_no_change_is_an_empty_diff() -> None:
+    a, b = "-i zt+ -j ACCEPT", "-o zt+ -j ACCEPT"
+    desired = by_address(rule(a), rule(b), order([a, b]))
+    live = by_address(rule(a), rule(b), live_order([a, b]))
+    assert diff_resources("firewall", desired, live) == ([], [])
+
+
+def test_a_missing_resource_is_created() -> None:
+    desired = {'sysctl["net.ipv4.ip_forward"]': Resource('sysctl["net.ipv4.ip_forward"]', "1")}
+    changes, unmanaged = diff_resources("sysctl", desired, {})
+    assert changes == [
+        Change(
+            address='sysctl["net.ipv4.ip_forward"]',
+            provider="sysctl",
+            action=Action.CREATE,
+            before=None,
+            after="1",
+        )
+    ]
+    assert unmanaged == []
+
+
+def test_a_different_scalar_is_an_update_without_detail() -> None:
+    address = 'sysctl["net.ipv4.ip_forward"]'
+    changes, _ = diff_resources(
+        "sysctl",
+        {address: Resource(address, "1")},
+        {address: Resource(address, "0", owned=False)},
+    )
+    assert changes == [
+        Change(address=address, provider="sysctl", action=Action.UPDATE, before="0", after="1")
+    ]
+
+
+def test_a_nested_update_says_what_changed_inside() -> None:
+    address = 'controller.network["8056c2e21c000001"]'
+    before: JsonValue = {
+        "name": "zt",
+        "routes": [{"target": "10.6.4.0/22"}, {"target": "0.0.0.0/0"}],
+    }
+    after: JsonValue = {"name": "zt", "routes": [{"target": "10.6.4.0/23"}], "private": True}
+    changes, _ = diff_resources(
+        "controller",
+        {address: Resource(address, after)},
+        {address: Resource(address, before)},
+    )
+    assert len(changes) == 1
+    change = changes[0]
+    assert (change.action, change.before, change.after) == (Action.UPDATE, before, after)
+    assert sorted(change.detail) == sorted(
+        [
+            "dictionary item added: ['private'] True",
+            "values changed: ['routes'][0]['target'] "
+            "{'new_value': '10.6.4.0/23', 'old_value': '10.6.4.0/22'}",
+            "iterable item removed: ['routes'][1] {'target': '0.0.0.0/0'}",
+        ]
+    )
+
+
+def test_an_owned_resource_no_longer_desired_is_deleted() -> None:
+    gone = rule("-i eth9 -j DROP")
+    changes, unmanaged = diff_resources("firewall", {}, by_address(gone))
+    assert changes == [
+        Change(
+            address=gone.address,
+            provider="firewall",
+            action=Action.DELETE,
+            before="-i eth9 -j DROP",
+            after=None,
+            reason="no longer in the spec",
+        )
+    ]
+    assert unmanaged == []
+
+
+def test_a_foreign_resource_in_a_managed_scope_is_listed_as_unmanaged() -> None:
+    mine = rule("-i zt+ -j ACCEPT")
+    docker = rule("-j DOCKER-USER", owned=False)
+    desired = by_address(mine, order(["-i zt+ -j ACCEPT"]))
+    live = by_address(docker, mine, live_order(["-i zt+ -j ACCEPT"]))
+    assert diff_resources("firewall", desired, live) == ([], [docker.address])
+
+
+def test_a_foreign_resource_outside_every_scope_is_ignored() -> None:
+    elsewhere = Resource(
+        'firewall.ipv4.nat.POSTROUTING.foreign["-j MASQUERADE"]', "-j MASQUERADE", owned=False
+    )
+    policy = Resource("firewall.ipv4.filter.policy.INPUT", "ACCEPT", owned=False)
+    desired = by_address(order([]))
+    assert diff_resources("firewall", desired, by_address(elsewhere, policy)) == ([], [])
+
+
+def test_a_scope_is_a_prefix_of_one_chain_only() -> None:
+    other_chain = Resource(
+        'firewall.ipv4.filter.FORWARD2.foreign["-j DROP"]', "-j DROP", owned=False
+    )
+    assert diff_resources("firewall", by_address(order([])), by_address(other_chain)) == ([], [])
+
+
+def test_a_foreign_resource_in_a_purging_scope_is_deleted() -> None:
+    docker = rule("-j DOCKER-USER", owned=False)
+    desired = by_address(order([], purge=True))
+    changes, unmanaged = diff_resources("firewall", desired, by_address(docker))
+    assert changes == [
+        Change(
+            address=docker.address,
+            provider="firewall",
+            action=Action.DELETE,
+            before="-j DOCKER-USER",
+            reason="foreign rule in an exclusive chain",
+        )
+    ]
+    assert unmanaged == []
+
+
+def test_adding_a_rule_is_a_create_not_a_reorder() -> None:
+    a, b, c = "-i a -j ACCEPT", "-i b -j ACCEPT", "-i c -j ACCEPT"
+    desired = by_address(rule(a), rule(b), rule(c), order([a, b, c]))
+    live = by_address(rule(a), rule(c), live_order([a, c]))
+    changes, _ = diff_resources("firewall", desired, live)
+    assert [(ch.action, ch.address) for ch in changes] == [(Action.CREATE, rule(b).address)]
+
+
+def test_removing_a_rule_is_a_delete_not_a_reorder() -> None:
+    a, b, c = "-i a -j ACCEPT", "-i b -j ACCEPT", "-i c -j ACCEPT"
+    desired = by_address(rule(a), rule(c), order([a, c]))
+    live = by_address(rule(a), rule(b), rule(c), live_order([a, b, c]))
+    changes, _ = diff_resources("firewall", desired, live)
+    assert [(ch.action, ch.address) for ch in changes] == [(Action.DELETE, rule(b).address)]
+
+
+def test_swapping_two_rules_is_a_reorder() -> None:
+    a, b = "-i a -j ACCEPT", "-i b -j ACCEPT"
+    desired = by_address(rule(a), rule(b), order([a, b]))
+    live = by_address(rule(b), rule(a), live_order([b, a]))
+    changes, _ = diff_resources("firewall", desired, live)
+    assert changes == [
+        Change(
+            address=CHAIN,
+            provider="firewall",
+            action=Action.UPDATE,
+            before=[b, a],
+            after=[a, b],
+            reason="rule order",
+        )
+    ]
+
+
+def test_a_chain_order_alone_on_the_live_side_is_not_a_change() -> None:
+    # The chain's owned rules are deleted one by one; its order resource is not a thing.
+    a = "-i a -j ACCEPT"
+    changes, _ = diff_resources("firewall", {}, by_address(rule(a), live_order([a])))
+    assert [(ch.action, ch.address) for ch in changes] == [(Action.DELETE, rule(a).address)]
+
+
+def test_changes_come_in_desired_order_then_deletions() -> None:
+    desired = {f"x.{n}": Resource(f"x.{n}", n) for n in ("b", "a")}
+    live = {"x.z": Resource("x.z", "z"), "x.a": Resource("x.a", "old")}
+    changes, _ = diff_resources("x", desired, live)
+    assert [(c.action, c.address) for c in changes] == [
+        (Action.CREATE, "x.b"),
+        (Action.UPDATE, "x.a"),
+        (Action.DELETE, "x.z"),
+    ]
+
+
+def test_same_relative_order() -> None:
+    assert same_relative_order(["a", "b", "c"], ["a", "c"])
+    assert same_relative_order(["a", "b"], ["x", "a", "y", "b"])
+    assert same_relative_order(["a"], [])
+    assert same_relative_order([], None)
+    assert not same_relative_order(["a", "b"], ["b", "a"])
+    assert not same_relative_order(["a", "b", "c"], ["c", "x", "a"])

@@ -1,0 +1,155 @@
+"""ztplan.state: serial and lineage, atomic writes, and an unreadable file said plainly."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ztplan import __version__
+from ztplan.errors import ZtplanError
+from ztplan.model import SpecSource
+from ztplan.state import StateFile, read_state, state_path, write_atomic, write_state
+
+SOURCE = SpecSource(
+    path="specs/gateway.yaml", repo="/srv/gw", commit="0123456789abcdef0123456789abcdef01234567"
+)
+DIGESTS = {
+    'sysctl["net.ipv4.ip_forward"]': "sha256:" + "1" * 64,
+    "firewall.ipv4.filter.policy.FORWARD": "sha256:" + "2" * 64,
+}
+
+
+def test_state_path_is_named_after_the_target(tmp_path: Path) -> None:
+    assert state_path(tmp_path, "gw1") == tmp_path / "gw1.json"
+
+
+def test_no_state_yet_is_none(tmp_path: Path) -> None:
+    assert read_state(tmp_path, "gw1") is None
+
+
+def test_the_first_write_has_serial_1_and_a_new_lineage(tmp_path: Path) -> None:
+    state = write_state(tmp_path, None, "gw1", "gw-ns", SOURCE, DIGESTS)
+    assert state.serial == 1
+    assert uuid.UUID(state.lineage).version == 4
+    assert (state.target, state.netns, state.spec, state.ztplan_version) == (
+        "gw1",
+        "gw-ns",
+        SOURCE,
+        __version__,
+    )
+    assert read_state(tmp_path, "gw1") == state
+
+
+def test_the_second_write_keeps_the_lineage_and_bumps_the_serial(tmp_path: Path) -> None:
+    first = write_state(tmp_path, None, "gw1", None, SOURCE, DIGESTS)
+    previous = read_state(tmp_path, "gw1")
+    assert previous is not None
+    second = write_state(tmp_path, previous, "gw1", None, SOURCE, {})
+    assert (second.serial, second.lineage) == (2, first.lineage)
+    assert read_state(tmp_path, "gw1") == second
+    assert second.resources == {}
+
+
+def test_two_new_states_have_different_lineages(tmp_path: Path) -> None:
+    a = write_state(tmp_path / "a", None, "gw1", None, SOURCE, DIGESTS)
+    b = write_state(tmp_path / "b", None, "gw1", None, SOURCE, DIGESTS)
+    assert a.lineage != b.lineage
+
+
+def test_the_file_is_json_with_sorted_resources(tmp_path: Path) -> None:
+    state = write_state(tmp_path, None, "gw1", None, SOURCE, DIGESTS)
+    text = (tmp_path / "gw1.json").read_text()
+    assert text.endswith("}\n")
+    data = json.loads(text)
+    assert data == state.model_dump(mode="json")
+    assert data["serial"] == 1 and data["version"] == 1
+    assert list(data["resources"]) == sorted(DIGESTS)
+    assert data["spec"] == {
+        "path": "specs/gateway.yaml",
+        "repo": "/srv/gw",
+        "commit": "0123456789abcdef0123456789abcdef01234567",
+        "ref": None,
+        "dirty": None,
+    }
+
+
+def test_write_atomic_leaves_only_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "gw1.json"
+    write_atomic(path, "one\n")
+    write_atomic(path, "two\n")
+    assert path.read_text() == "two\n"
+    assert sorted(os.listdir(path.parent)) == ["gw1.json"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_write_atomic_sets_the_mode(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    write_atomic(path, "x", mode=0o600)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "gw1.json"
+    write_atomic(path, "old\n")
+
+    def refuse(src: str, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError):
+        write_atomic(path, "new\n")
+    assert path.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["gw1.json"]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("{not json", "ValidationError"),
+        ('{"serial": 1}', "ValidationError"),
+        ("[]", "ValidationError"),
+    ],
+)
+def test_an_unreadable_state_file_is_a_ztplan_error(tmp_path: Path, text: str, kind: str) -> None:
+    (tmp_path / "gw1.json").write_text(text)
+    with pytest.raises(ZtplanError) as caught:
+        read_state(tmp_path, "gw1")
+    assert str(caught.value) == (
+        f"{tmp_path / 'gw1.json'}: unreadable state file ({kind}) "
+        "(move it aside; the next apply writes a new one)"
+    )
+
+
+def test_a_state_file_with_unknown_fields_is_refused(tmp_path: Path) -> None:
+    state = write_state(tmp_path, None, "gw1", None, SOURCE, DIGESTS)
+    data = state.model_dump(mode="json") | {"token": "secret"}
+    (tmp_path / "gw1.json").write_text(json.dumps(data))
+    with pytest.raises(ZtplanError):
+        read_state(tmp_path, "gw1")
+
+
+def test_a_state_directory_in_place_of_the_file_is_a_ztplan_error(tmp_path: Path) -> None:
+    (tmp_path / "gw1.json").mkdir()
+    with pytest.raises(ZtplanError) as caught:
+        read_state(tmp_path, "gw1")
+    assert "unreadable state file (IsADirectoryError)" in str(caught.value)
+
+
+def test_state_file_model_round_trips() -> None:
+    state = StateFile(
+        serial=3,
+        lineage="l",
+        ztplan_version="0.1.0",
+        target="gw1",
+        spec=SOURCE,
+        applied_at="2026-01-02T03:04:05+00:00",
+        resources=DIGESTS,
+    )
+    assert StateFile.model_validate_json(state.model_dump_json()) == state
