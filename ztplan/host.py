@@ -11,6 +11,7 @@ import os
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from ztplan.errors import LiveReadError
@@ -45,6 +46,23 @@ class Host(Protocol):
 
     def addresses(self) -> dict[str, list[str]]:
         """Interface name -> its IP addresses (no prefix length), in the target namespace."""
+        ...
+
+    def config_path(self, path: str) -> str:
+        """Where the target's copy of a config file lives: /etc/X of a namespace is
+        /etc/netns/NAME/X, the convention of `ip netns exec`."""
+        ...
+
+    def read_file(self, path: str) -> str | None:
+        """A file's text, or None when it does not exist."""
+        ...
+
+    def write_file(self, path: str, text: str, mode: int = 0o644) -> None:
+        """Replace a file atomically (temp file + rename)."""
+        ...
+
+    def remove_file(self, path: str) -> None:
+        """Remove a file if it exists."""
         ...
 
 
@@ -108,3 +126,24 @@ class LocalHost:
                 if name is not None:
                     out[str(name)].append(str(addr.get_attr("IFA_ADDRESS")))
         return out
+
+    def config_path(self, path: str) -> str:
+        if self.netns is None or not path.startswith("/etc/"):
+            return path
+        return os.path.join("/etc/netns", self.netns, path.removeprefix("/etc/"))
+
+    def read_file(self, path: str) -> str | None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    def write_file(self, path: str, text: str, mode: int = 0o644) -> None:
+        from ztplan.state import write_atomic
+
+        write_atomic(Path(path), text, mode)
+
+    def remove_file(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -103,6 +103,18 @@ def _stop_emulator() -> None:
         (RUN_DIR / name).unlink(missing_ok=True)
 
 
+def _stop_ndppd() -> None:
+    """The ndppd that apply started in the sandbox, and the sandbox's /etc/netns files."""
+    import shutil
+
+    from ztplan.host import LocalHost
+    from ztplan.providers.ndppd import Ndppd
+
+    if _exists(GATEWAY):
+        Ndppd().stop(LocalHost(GATEWAY))
+    shutil.rmtree(f"/etc/netns/{GATEWAY}", ignore_errors=True)
+
+
 def sandbox_env() -> str:
     """Shell lines that point ztplan at the sandbox's emulator (Central API, member service)."""
     if _emulator_pid() is None:
@@ -171,6 +183,7 @@ def sandbox_down() -> str:
     if _emulator_pid() is not None:
         removed.append("the controller emulator")
     _stop_emulator()
+    _stop_ndppd()
     for name in (GATEWAY, PEER):
         if _exists(name):
             pyroute2_netns.remove(name)  # its veth ends go with it
