@@ -115,7 +115,8 @@ class ApiClient:
                         problem = "answered 200 with a body that is not JSON"
                 elif status in RETRY_STATUSES:
                     problem = f"answered {status}" + (" (rate limited)" if status == 429 else "")
-                    wait = _retry_after(response.headers.get("Retry-After")) or wait
+                    after = _retry_after(response.headers.get("Retry-After"))
+                    wait = wait if after is None else after
                 else:
                     raise self._error(status, where)
             if attempt < self.attempts:

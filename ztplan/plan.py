@@ -20,10 +20,13 @@ from ztplan.state import StateFile
 
 __all__ = ["build_providers", "make_plan", "not_yet_managed"]
 
-_NOT_YET = ("ndppd", "member")
+_NOT_YET: tuple[str, ...] = ()
 
 CONTROLLER_URL_ENV = "ZTPLAN_CONTROLLER_URL"
 """Overrides the spec's controller URL (the sandbox's emulator, a staging controller)."""
+MEMBER_URL_ENV = "ZTPLAN_MEMBER_URL"
+MEMBER_TOKEN_FILE_ENV = "ZTPLAN_MEMBER_TOKEN_FILE"
+"""Override the member service's URL and token file (the sandbox's emulator)."""
 
 
 def build_providers(spec: Spec, file: str, cache_dir: Path | None) -> list[Provider]:
@@ -32,12 +35,29 @@ def build_providers(spec: Spec, file: str, cache_dir: Path | None) -> list[Provi
         Firewall(normalise=KernelNormaliser(cache_dir=cache_dir), file=file),
         Sysctl(keys=list(spec.sysctl)),
     ]
+    if spec.ndppd is not None:
+        from ztplan.providers.ndppd import Ndppd
+
+        providers.append(Ndppd(config=spec.ndppd.config, pidfile=spec.ndppd.pidfile))
     if spec.controller is not None and spec.networks:
         from ztplan.api import shared_client
         from ztplan.providers.controller import Controller, controller_client
 
         api = controller_client(spec, shared_client(), os.environ.get(CONTROLLER_URL_ENV))
         providers.append(Controller(api, spec.controller.kind, [n.id for n in spec.networks]))
+    if spec.member is not None and spec.member.networks:
+        from ztplan.api import shared_client
+        from ztplan.providers.member import Member, member_client
+
+        member = spec.member
+        if os.environ.get(MEMBER_URL_ENV):
+            member = member.model_copy(update={"service_url": os.environ[MEMBER_URL_ENV]})
+        if os.environ.get(MEMBER_TOKEN_FILE_ENV):
+            member = member.model_copy(
+                update={"token_file": os.environ[MEMBER_TOKEN_FILE_ENV], "token_env": None}
+            )
+        api = member_client(member, shared_client())
+        providers.append(Member(api, [n.id for n in member.networks]))
     return [p for p in providers if p.manages(spec)]
 
 

@@ -11,7 +11,7 @@ from tests.conftest import full_dump, rules_of, sh
 from ztplan.apply import apply_plan
 from ztplan.errors import ApplyFailed, SpecError
 from ztplan.host import CommandResult, LocalHost
-from ztplan.model import Action, Change, Plan, Snapshot
+from ztplan.model import Action, Plan, Snapshot
 from ztplan.plan import build_providers, make_plan
 from ztplan.providers import Provider
 from ztplan.source import read_spec
@@ -417,10 +417,13 @@ def test_contract_read_twice_equal_and_rollback_restores(netns: str, state_dir: 
         assert provider.read(run.host).digest == snapshots[provider.name].digest
 
 
-def test_reference_spec_plans_and_applies_with_the_controller(
+def test_reference_spec_plans_and_applies_everything(
     netns: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import shutil
+
     from tests.conftest import SPECS
+    from ztplan.providers.ndppd import Ndppd
     from ztplan.testing.emulator import ControllerEmulator
 
     with ControllerEmulator(token="t0ken") as emulator:
@@ -429,19 +432,28 @@ def test_reference_spec_plans_and_applies_with_the_controller(
         monkeypatch.setenv("ZEROTIER_CENTRAL_TOKEN", "t0ken")
         spec, source = read_spec(str(SPECS / "gateway.yaml"))
         run = Run(spec, LocalHost(netns), state_dir)
-        plan, _ = run.plan()
-        assert [c.address for c in plan.changes][-2:] == [
-            'controller.network["8056c2e21c000001"].routes',
-            'controller.network["8056c2e21c000001"].ip_pools',
-        ]
-        assert len(plan.changes) == 9
-        assert [f.message for f in plan.findings if f.address == "ndppd"] == [
-            "`ndppd` is not managed by ztplan 0.1.0 yet; ignored"]
-        run.apply()
-        assert run.plan()[0].changes == []
-        assert emulator.network("8056c2e21c000001")["routes"] == [
-            {"target": "0.0.0.0/0", "via": "10.6.6.2"},
-            {"target": "10.6.4.0/22", "via": None},
-            {"target": "2001:19f0:6001:1a6::/80", "via": None},
-        ]
-        assert isinstance(plan.changes[0], Change)
+        try:
+            plan, _ = run.plan()
+            assert [c.provider for c in plan.changes] == (
+                ["firewall"] * 5 + ["sysctl"] * 2 + ["ndppd"] * 3 + ["controller"] * 2
+            )
+            assert [c.address for c in plan.changes][-2:] == [
+                'controller.network["8056c2e21c000001"].routes',
+                'controller.network["8056c2e21c000001"].ip_pools',
+            ]
+            assert [f.message for f in plan.findings] == [
+                "SNAT --to-source 45.32.69.220 is not an address of any interface here; if the "
+                "public address is dynamic, use `-j MASQUERADE` instead"
+            ]
+            run.apply()
+            assert run.plan()[0].changes == []
+            assert emulator.network("8056c2e21c000001")["routes"] == [
+                {"target": "0.0.0.0/0", "via": "10.6.6.2"},
+                {"target": "10.6.4.0/22", "via": None},
+                {"target": "2001:19f0:6001:1a6::/80", "via": None},
+            ]
+            conf = Path(f"/etc/netns/{netns}/ndppd.conf").read_text()
+            assert "rule 2001:19f0:6001:1a6::/80 {" in conf
+        finally:
+            Ndppd().stop(LocalHost(netns))
+            shutil.rmtree(f"/etc/netns/{netns}", ignore_errors=True)

@@ -1,6 +1,7 @@
 """A ZeroTier controller emulator: a real HTTP server on 127.0.0.1 for tests and the sandbox.
 
-One server speaks three APIs, as ``shared/CONTROLLER-API.md`` (beside this repository) ("the doc") describes them:
+One server speaks three APIs, as ``shared/CONTROLLER-API.md`` beside this repository ("the
+doc") describes them:
 
 * the self-hosted controller, ``/controller/...`` (doc §0-§1). The quirks come from ZeroTierOne
   1.14.1: ``networkUpdateFromPostData`` / ``configureHTTPControlPlane`` in
