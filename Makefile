@@ -27,15 +27,19 @@ install: system-packages $(BIN)/.installed
 
 demo: install
 	$(BIN)/ztplan sandbox up
-	$(BIN)/ztplan plan specs/gateway.yaml --netns $(SANDBOX)
-	$(BIN)/ztplan apply specs/gateway.yaml --netns $(SANDBOX) --auto-approve
-	$(BIN)/ztplan plan specs/gateway.yaml --netns $(SANDBOX) --detailed-exitcode
+	@eval "$$($(BIN)/ztplan sandbox env)" && set -x && \
+	$(BIN)/ztplan plan specs/gateway.yaml --netns $(SANDBOX) && \
+	$(BIN)/ztplan apply specs/gateway.yaml --netns $(SANDBOX) --auto-approve && \
+	$(BIN)/ztplan plan specs/gateway.yaml --netns $(SANDBOX) --detailed-exitcode && \
+	$(BIN)/ztplan apply specs/member.yaml --netns $(SANDBOX)-peer --auto-approve && \
+	$(BIN)/ztplan plan specs/member.yaml --netns $(SANDBOX)-peer --detailed-exitcode
 	@echo
-	@echo "Converged. Look around:"
-	@echo "  ip netns exec $(SANDBOX) iptables-save"
-	@echo "  ip netns exec $(SANDBOX) ip6tables-save"
+	@echo "Converged: a second plan of each spec is empty. Look around:"
+	@echo "  ip netns exec $(SANDBOX) iptables-save; ip netns exec $(SANDBOX) ip6tables-save"
 	@echo "  ip netns exec $(SANDBOX) sysctl net.ipv4.ip_forward net.ipv6.conf.all.forwarding"
-	@echo "  cat state/gw1.json"
+	@echo "  cat /etc/netns/$(SANDBOX)/ndppd.conf; pgrep -a ndppd"
+	@echo '  eval "$$($(BIN)/ztplan sandbox env)"; curl -s -H "Authorization: token $$ZEROTIER_CENTRAL_TOKEN" $$ZTPLAN_CONTROLLER_URL/network/8056c2e21c000001'
+	@echo "  cat state/gw1.json state/laptop.json"
 	@echo "  $(BIN)/ztplan sandbox down    # when done"
 
 lint: $(BIN)/.installed
