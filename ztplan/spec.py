@@ -217,10 +217,26 @@ class Pool(_Model):
     end: IpAddress = Field(description="Last address handed out.")
 
 
+class V4AssignMode(_Model):
+    zt: bool = Field(description="Assign IPv4 addresses from the pools.")
+
+
+class V6AssignMode(_Model):
+    """All three are always sent: the controller replaces the object whole."""
+
+    zt: bool = Field(default=False, description="Assign IPv6 addresses from the pools.")
+    rfc4193: bool = Field(default=False, description="An RFC 4193 address per member.")
+    sixplane: bool = Field(default=False, alias="6plane", description="A 6PLANE /80 per member.")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class Network(_Model):
     id: NetworkId = Field(description="ZeroTier network id (16 lowercase hex digits).")
     routes: list[Route] | None = Field(default=None, description="Managed routes.")
     ip_pools: list[Pool] | None = Field(default=None, description="IP assignment pools.")
+    v4_assign_mode: V4AssignMode | None = Field(default=None, description="IPv4 auto-assign.")
+    v6_assign_mode: V6AssignMode | None = Field(default=None, description="IPv6 auto-assign.")
 
 
 class NdppdRule(_Model):

@@ -200,3 +200,25 @@ def test_rollback_puts_the_old_fields_back(
     p.rollback(HOST, snapshot)
     assert p.read(HOST).digest == snapshot.digest
     assert emulator.network(NWID)["routes"] == [{"target": "10.9.0.0/16", "via": None}]
+
+
+@pytest.mark.parametrize("kind", ["central", "local"])
+def test_assign_modes_are_sent_whole(
+    emulator: ControllerEmulator, http: httpx.Client, kind: str
+) -> None:
+    text = SPEC.replace("KIND", kind) + (
+        "    v4_assign_mode: {zt: true}\n    v6_assign_mode: {6plane: true}\n"
+    )
+    spec = parse_spec(text, "spec.yaml")
+    p = provider(emulator, http, kind)
+    addresses = [c.address for c in changes(p, spec)]
+    assert addresses[-2:] == [
+        f'controller.network["{NWID}"].v4_assign_mode',
+        f'controller.network["{NWID}"].v6_assign_mode',
+    ]
+    apply_all(p, spec)
+    assert changes(p, spec) == []
+    stored = emulator.network(NWID)
+    assert stored["v4AssignMode"] == {"zt": True}
+    # All three keys sent: the controller keeps only the keys it is given (CONTROLLER-API §0).
+    assert stored["v6AssignMode"] == {"6plane": True, "rfc4193": False, "zt": False}

@@ -38,7 +38,12 @@ DEFAULT_TOKEN = {
     "central": ("ZEROTIER_CENTRAL_TOKEN", None),
     "local": (None, "/var/lib/zerotier-one/authtoken.secret"),
 }
-FIELDS = {"routes": "routes", "ip_pools": "ipAssignmentPools"}
+FIELDS = {
+    "routes": "routes",
+    "ip_pools": "ipAssignmentPools",
+    "v4_assign_mode": "v4AssignMode",
+    "v6_assign_mode": "v6AssignMode",
+}
 
 
 def network_address(nwid: str, field: str) -> Address:
@@ -92,7 +97,28 @@ def normalise_pools(pools: Any) -> list[JsonValue]:
     return result
 
 
-def _to_api(field: str, value: JsonValue) -> list[dict[str, Any]]:
+def normalise_mode(mode: Any, keys: tuple[str, ...]) -> dict[str, JsonValue]:
+    """An assign mode with every key present (a missing key is false to the controller)."""
+    given = mode if isinstance(mode, dict) else {}
+    return {key: bool(given.get(key, False)) for key in keys}
+
+
+V4_KEYS = ("zt",)
+V6_KEYS = ("6plane", "rfc4193", "zt")
+
+
+def _live_values(config: dict[str, Any]) -> dict[str, JsonValue]:
+    return {
+        "routes": normalise_routes(config.get("routes")),
+        "ip_pools": normalise_pools(config.get("ipAssignmentPools")),
+        "v4_assign_mode": normalise_mode(config.get("v4AssignMode"), V4_KEYS),
+        "v6_assign_mode": normalise_mode(config.get("v6AssignMode"), V6_KEYS),
+    }
+
+
+def _to_api(field: str, value: JsonValue) -> Any:
+    if field.endswith("_assign_mode"):
+        return value  # whole objects: the controller keeps only the keys it is sent
     items = value if isinstance(value, list) else []
     if field == "routes":
         return [{"target": r["target"], "via": r["via"]} for r in items if isinstance(r, dict)]
@@ -161,6 +187,15 @@ class Controller:
                 out[network_address(network.id, "ip_pools")] = Resource(
                     network_address(network.id, "ip_pools"), pools
                 )
+            for field, mode, keys in (
+                ("v4_assign_mode", network.v4_assign_mode, V4_KEYS),
+                ("v6_assign_mode", network.v6_assign_mode, V6_KEYS),
+            ):
+                if mode is not None:
+                    value = normalise_mode(mode.model_dump(by_alias=True), keys)
+                    out[network_address(network.id, field)] = Resource(
+                        network_address(network.id, field), value
+                    )
         return out
 
     def read(self, host: Host) -> Snapshot:
@@ -170,10 +205,7 @@ class Controller:
         resources: dict[Address, Resource] = {}
         raw: dict[str, dict[str, JsonValue]] = {}
         for nwid, config in configs.items():
-            values = {
-                "routes": normalise_routes(config.get("routes")),
-                "ip_pools": normalise_pools(config.get("ipAssignmentPools")),
-            }
+            values = _live_values(config)
             raw[nwid] = dict(values)
             for field, value in values.items():
                 address = network_address(nwid, field)
@@ -188,10 +220,7 @@ class Controller:
         self.api.post(self._path(nwid), {"config": body} if self.kind == "central" else body)
         # Re-read: the controller answers 200 to data it silently dropped or rewrote.
         stored = self._get(nwid)
-        kept = {
-            "routes": normalise_routes(stored.get("routes")),
-            "ip_pools": normalise_pools(stored.get("ipAssignmentPools")),
-        }
+        kept = _live_values(stored)
         for field, value in fields.items():
             if kept[field] != value:
                 raise ControllerError(
@@ -220,8 +249,4 @@ class Controller:
                 self._post(nwid, changed)
 
     def read_one(self, nwid: str) -> dict[str, JsonValue]:
-        config = self._get(nwid)
-        return {
-            "routes": normalise_routes(config.get("routes")),
-            "ip_pools": normalise_pools(config.get("ipAssignmentPools")),
-        }
+        return _live_values(self._get(nwid))
