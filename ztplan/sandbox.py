@@ -103,6 +103,20 @@ def _stop_emulator() -> None:
         (RUN_DIR / name).unlink(missing_ok=True)
 
 
+def _start_ndppd() -> None:
+    """ndppd running in the gateway with an empty config, as on a host where it is installed
+    but not configured yet: the demo's plan then shows the proxy it adds."""
+    from ztplan.host import LocalHost
+    from ztplan.ndppd_conf import HEADER
+    from ztplan.providers.ndppd import Ndppd
+
+    host = LocalHost(GATEWAY)
+    path = host.config_path("/etc/ndppd.conf")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    host.write_file(path, HEADER + "\n")
+    Ndppd().restart(host, path)
+
+
 def _stop_ndppd() -> None:
     """The ndppd that apply started in the sandbox, and the sandbox's /etc/netns files."""
     import shutil
@@ -168,6 +182,7 @@ def sandbox_up() -> str:
                 ns.link("set", index=lo, state="up")
         if _emulator_pid() is None:
             _start_emulator()
+        _start_ndppd()
     except Exception as error:
         sandbox_down()
         raise ZtplanError(
@@ -213,6 +228,11 @@ def sandbox_status() -> tuple[str, bool]:
         lines.append(f"  controller emulator: {url} (network {NETWORK})")
     else:
         lines.append("  controller emulator: not running")
+    from ztplan.host import LocalHost
+    from ztplan.providers.ndppd import Ndppd
+
+    pid = Ndppd().pid(LocalHost(GATEWAY))
+    lines.append(f"  ndppd: {'running, pid ' + str(pid) if pid else 'not running'}")
     lines.append(
         f'Try: eval "$(ztplan sandbox env)"; ztplan plan specs/gateway.yaml --netns {GATEWAY}'
     )

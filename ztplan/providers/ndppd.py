@@ -242,7 +242,7 @@ class Ndppd:
                 host.write_file(path, text, 0o644)
             except OSError as error:
                 raise LiveReadError(self.name, f"cannot write {path} ({error.strerror})") from None
-        self._restart(host, path)
+        self.restart(host, path)
 
     def rollback(self, host: Host, before: Snapshot) -> None:
         raw = before.raw if isinstance(before.raw, dict) else {}
@@ -255,11 +255,12 @@ class Ndppd:
         if raw.get("daemon") == "stopped":
             self.stop(host)
         else:
-            self._restart(host, path)
+            self.restart(host, path)
 
     # --- the daemon ---------------------------------------------------------------------
 
-    def _pid(self, host: Host) -> int | None:
+    def pid(self, host: Host) -> int | None:
+        """The pid of the daemon ztplan runs, if it runs."""
         text = host.read_file(self._pidfile(host))
         try:
             pid = int((text or "").strip())
@@ -279,7 +280,7 @@ class Ndppd:
         if self._systemd(host):
             done = host.run(["systemctl", "is-active", "--quiet", "ndppd"])
             return "running" if done.returncode == 0 else "stopped"
-        if self._pid(host) is None:
+        if self.pid(host) is None:
             return "stopped"
         loaded = host.read_file(self._loaded_path(host))
         if loaded is not None:
@@ -296,7 +297,7 @@ class Ndppd:
         if self._systemd(host):
             host.run(["systemctl", "stop", "ndppd"])
             return
-        pid = self._pid(host)
+        pid = self.pid(host)
         if pid is None:
             return
         os.kill(pid, signal.SIGTERM)
@@ -307,7 +308,8 @@ class Ndppd:
         host.remove_file(self._pidfile(host))
         host.remove_file(self._loaded_path(host))
 
-    def _restart(self, host: Host, path: str) -> None:
+    def restart(self, host: Host, path: str) -> None:
+        """(Re)start the daemon on `path`; ndppd 0.2 has no reload."""
         if self._systemd(host):
             done = host.run(["systemctl", "restart", "ndppd"])
             if done.returncode != 0:
@@ -319,7 +321,7 @@ class Ndppd:
         pidfile = self._pidfile(host)
         done = host.run(["ndppd", "-d", "-c", path, "-p", pidfile])
         for _ in range(100):  # ndppd forks; the pid file appears once it runs
-            if self._pid(host) is not None:
+            if self.pid(host) is not None:
                 text = host.read_file(path)
                 try:
                     loaded = digest_of(repr(parse(text or "")))
