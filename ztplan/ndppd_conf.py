@@ -18,8 +18,8 @@ read and every rule it created.
   as *false*. Quotes don't work either: the closing quote is never consumed.
 * ndppd ignores unknown keys and duplicate keys without a word. When a key is repeated it
   uses one of the copies, and which one is not defined. A `}` at top level ends the file:
-  whatever follows it is ignored. A control character makes the 0.2.5 reader loop until
-  malloc aborts.
+  whatever follows it is ignored. A control character sends the 0.2.5 reader into an
+  endless, allocating loop. We saw it end in a glibc malloc assertion.
 * ndppd reads booleans with `strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0`, so
   any other value is false. It reads integers with `strtol(v, NULL, 10)`, so `500ms` is
   500 and `abc` is 0.
@@ -39,21 +39,31 @@ Meaning, and the decisions built on it:
   did. The 0.2.5 binary instead fails with "You must specify either 'iface', 'auto' or
   'static'" and exits 255. So a rule needs exactly one method, and an empty rule is a parse
   error. (Two methods: "Only one of 'iface', 'auto' and 'static' may be specified.")
-* Rule order carries meaning, and `Proxy.rules` keeps it. proxy::handle_solicit walks the
-  rules in file order. A matching `static` rule answers at once and stops the walk. Each
-  matching `iface`/`auto` rule adds an interface to ask. So where prefixes overlap,
-  reordering changes behaviour. We never reorder rules, and equality is order-sensitive.
-* One proxy per interface. The 0.2.5 binary accepts two `proxy eth0` blocks and creates two
-  proxies on one socket. Which proxy's rules answer is then unclear, so a duplicate
-  interface is an error, both here and in `format_ndppd_conf`. With that settled, the order
-  of proxies means nothing. Parsing and `meaning` sort proxies by interface.
+* Rule order is kept and counts for equality. This is a conservative choice: in 0.2.5 the
+  order doesn't change which solicitations get answered. proxy::handle_solicit walks the
+  rules in file order. The first matching `static` rule answers at once and ends the walk.
+  Every matching `iface`/`auto` rule adds an interface to ask. A static rule therefore wins
+  over an overlapping iface rule whether it comes before or after it. We checked this by
+  sending Neighbor Solicitations through veths. Still, the order is the order ndppd asks
+  interfaces in. Upstream's later code attaches per-rule state (`autovia`). And a writer
+  that reordered someone's rules would be surprising. So rules are never reordered, and a
+  reorder counts as drift. To compare rules as a set instead, sort them in `_check_proxy`
+  and `_proxy`.
+* One proxy per interface. The 0.2.5 binary accepts two `proxy eth0` blocks without
+  complaint. Only the *last* one answers, and the earlier one's rules are dead. We checked
+  this with real Neighbor Solicitations. So a duplicate interface is an error, both here and
+  in `format_ndppd_conf`. With that settled, the order of proxies means nothing, and
+  parsing and `meaning` sort proxies by interface.
 * `None` means the option is absent, so ndppd's default applies. An explicit value is kept
   even when it equals the default (`router yes`): defaults differ between ndppd versions.
 * `route-ttl`, `proxy`, `router`, `timeout`, `ttl`, `rule`, `static`, `auto` and `iface`
   are what ndppd 0.2.5 reads. `address-ttl`, `autowire`, `keepalive`, `retries`,
-  `promiscuous` (proxy) and `autovia` (rule) come from upstream's later, unreleased
-  master. Debian's 0.2.5 binary accepts them and ignores them: see `IGNORED_BY_NDPPD_0_2_5`.
-  Upstream documents `autovia` for `iface` rules only. It is kept wherever it is written.
+  `promiscuous` (proxy) and `autovia` (rule) are later upstream additions and not in the
+  0.2.5 source. Debian's 0.2.5 binary accepts them and ignores them: see
+  `IGNORED_BY_NDPPD_0_2_5`. Upstream documents `autovia` for `iface` rules only. It is
+  kept wherever it is written.
+* A `static` rule with a prefix of /120 or shorter makes ndppd log a warning ("Low prefix
+  length"). It still works, so that is not an error here.
 * ndppd.conf(5) says a file needs at least one proxy and a proxy at least one rule. The
   binary enforces neither, and both are allowed here.
 """
@@ -109,7 +119,7 @@ class Rule:
 @dataclass(frozen=True)
 class Proxy:
     interface: str
-    rules: tuple[Rule, ...]  # in file order: order carries meaning
+    rules: tuple[Rule, ...]  # in file order, compared in order (see module docstring)
     router: bool | None = None
     timeout: int | None = None
     ttl: int | None = None
@@ -258,10 +268,11 @@ def _check_proxy(proxy: object) -> Proxy:
 def meaning(conf: NdppdConf) -> NdppdConf:
     """Check `conf` and return its canonical form, the one `parse_ndppd_conf` returns.
 
-    Prefixes are normalised and proxies are sorted by interface. Rule order is kept, because
-    it carries meaning. Raises ValueError if a field is invalid or can't be written safely,
-    or if two proxies share an interface. Two configs mean the same to ndppd exactly when
-    `meaning(a) == meaning(b)`.
+    Prefixes are normalised and proxies are sorted by interface. Rule order is kept (see the
+    module docstring). Raises ValueError if a field is invalid or can't be written safely,
+    or if two proxies share an interface. Two configs count as the same exactly when
+    `meaning(a) == meaning(b)`. For parsed text, `parse_ndppd_conf(a) == parse_ndppd_conf(b)`
+    is the same test.
     """
     if not isinstance(conf, NdppdConf):
         raise ValueError(f"{conf!r} is not an NdppdConf")
