@@ -1,8 +1,12 @@
-"""apply_plan: run a plan's steps in order, roll back on failure, read back, write state.
+"""apply_plan: run a plan's steps in order, roll back on failure, write state.
 
 Never half-applied: when a step fails, every provider touched in this run (the failing
 one included: a firewall step may have restored IPv4 and failed on IPv6) is put back to
 the snapshot taken before, newest first, and the error says what was put back.
+
+The snapshots come from the plan, read under the same lock. When time passed between the
+read and the go-ahead (a prompt), the host is read again first, and the apply is refused
+if anything moved: the operator approved changes against the state they saw.
 """
 
 from __future__ import annotations
@@ -12,15 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ztplan.errors import ApplyFailed, ZtplanError
+from pydantic import JsonValue
+
+from ztplan.errors import ApplyFailed, StalePlan, ZtplanError
 from ztplan.host import Host
-from ztplan.model import Change, Plan, Snapshot, digest_of
+from ztplan.model import Address, Change, Plan, Snapshot, digest_of
 from ztplan.order import steps
 from ztplan.providers import Provider
-from ztplan.spec import Spec
 from ztplan.state import StateFile, write_state
 
-__all__ = ["ApplyResult", "Reporter", "apply_plan"]
+__all__ = ["ApplyResult", "Reporter", "apply_plan", "refuse_if_stale"]
 
 
 class Reporter(Protocol):
@@ -32,12 +37,26 @@ class Reporter(Protocol):
 @dataclass(frozen=True)
 class ApplyResult:
     state: StateFile
-    remaining: int
-    """Changes a fresh plan still finds after the apply (0 when it converged)."""
+
+
+def refuse_if_stale(plan: Plan, host: Host, providers: Sequence[Provider]) -> dict[str, Snapshot]:
+    """Read the host again; raise StalePlan naming what moved since the plan was made."""
+    fresh = {p.name: p.read(host) for p in providers}
+    moved = sorted(
+        name
+        for name, digest in plan.snapshots.items()
+        if name in fresh and fresh[name].digest != digest
+    )
+    if moved:
+        raise StalePlan(
+            f"the live state changed since the plan was made ({', '.join(moved)}); "
+            "nothing was applied",
+            "run plan again and review the new changes",
+        )
+    return fresh
 
 
 def apply_plan(
-    spec: Spec,
     plan: Plan,
     snapshots: Mapping[str, Snapshot],
     host: Host,
@@ -45,7 +64,10 @@ def apply_plan(
     reporter: Reporter,
     state_dir: Path,
     previous: StateFile | None,
+    managed: Mapping[Address, JsonValue],
 ) -> ApplyResult:
+    """Apply `plan` (made from `snapshots`, which must be current) and record `managed`,
+    the desired value of every resource the spec manages, as the new state."""
     by_name = {p.name: p for p in providers}
     touched: list[Provider] = []
     for name, changes in steps(plan.changes):
@@ -53,26 +75,17 @@ def apply_plan(
         reporter.step_started(name, changes)
         touched.append(provider)
         try:
-            provider.apply(host, changes, plan.desired)
+            provider.apply(host, changes, plan.desired, snapshots[name])
         except Exception as error:  # any failure, a bug included, rolls back
             cause = str(error) if isinstance(error, ZtplanError) else repr(error)
             rolled, not_rolled = _rollback(touched, snapshots, host, reporter)
             raise ApplyFailed(name, cause, rolled, not_rolled) from error
         reporter.step_done(name, changes)
-
-    # Read back: the state records what the host really holds, and a second plan is empty.
-    from ztplan.diff import diff_resources
-
-    digests: dict[str, str] = {}
-    remaining = 0
-    for provider in providers:
-        desired = provider.desired(spec)
-        live = provider.read(host).resources
-        changes, _ = diff_resources(provider.name, desired, live)
-        remaining += len(changes)
-        digests.update({a: digest_of(live[a].value) for a in desired if a in live})
+    # Each step is a transaction that either took whole or raised (and the controller and
+    # member steps re-read what they wrote), so what the spec asks is now what is live.
+    digests = {address: digest_of(value) for address, value in managed.items()}
     state = write_state(state_dir, previous, plan.target, host.netns, plan.spec, digests)
-    return ApplyResult(state=state, remaining=remaining)
+    return ApplyResult(state=state)
 
 
 def _rollback(

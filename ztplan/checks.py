@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from ztplan.model import Finding
 from ztplan.spec import Spec
@@ -143,9 +143,26 @@ def _forward_drop_lets_zerotier_out(spec: Spec) -> list[Finding]:
     return findings
 
 
-def check_spec(spec: Spec, addresses: Addresses | None) -> list[Finding]:
-    """All cross-provider findings; `addresses` None means the host was not read."""
+def _needs_host(spec: Spec) -> bool:
+    gateway_default = (spec.firewall is not None or spec.ndppd is not None) and any(
+        r.via and ipaddress.ip_network(r.target).prefixlen == 0
+        for n in spec.networks
+        for r in n.routes or []
+    )
+    return gateway_default or any(
+        _option(words, "-j", "--jump") == "SNAT"
+        for _, words in _rules(spec, "ipv4", "nat", "POSTROUTING")
+    )
+
+
+def check_spec(
+    spec: Spec, addresses: Addresses | Callable[[], Addresses | None] | None
+) -> list[Finding]:
+    """All cross-provider findings. `addresses` (or a function that reads them, called only
+    when a check needs the host: reading costs ~0.1 s) None means they are unknown."""
     findings = _via_outside_routes(spec) + _forward_drop_lets_zerotier_out(spec)
+    if callable(addresses):
+        addresses = addresses() if _needs_host(spec) else None
     if addresses is not None:
         findings += _default_via_on_zerotier(spec, addresses) + _snat_source_on_wan(spec, addresses)
     return findings

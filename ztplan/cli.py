@@ -254,7 +254,7 @@ def apply(
     fmt = Format.json if json_ else fmt
 
     def body() -> int:
-        from ztplan.apply import apply_plan
+        from ztplan.apply import apply_plan, refuse_if_stale
         from ztplan.errors import ZtplanError
         from ztplan.lock import lock_path, locked
         from ztplan.plan import make_plan
@@ -271,11 +271,13 @@ def apply(
                 )
             if not result.has_changes:
                 return 0
-            if not auto_approve and not _confirm():
-                print("Apply cancelled; nothing was changed.", file=sys.stderr)
-                return 1
+            if not auto_approve:
+                if not _confirm():
+                    print("Apply cancelled; nothing was changed.", file=sys.stderr)
+                    return 1
+                # Time passed while we asked: apply only what was approved.
+                snapshots = refuse_if_stale(result, host, providers)
             done = apply_plan(
-                loaded,
                 result,
                 snapshots,
                 host,
@@ -283,14 +285,9 @@ def apply(
                 HumanReporter(_color()),
                 state_dir,
                 previous,
+                result.desired,
             )
-        message = f"Apply complete. State serial {done.state.serial} written."
-        if done.remaining:
-            message += (
-                f" Warning: {done.remaining} change(s) remain after the apply; "
-                "something else changes this host too."
-            )
-        print(message, file=sys.stderr)
+        print(f"Apply complete. State serial {done.state.serial} written.", file=sys.stderr)
         return 0
 
     _guard(fmt is Format.json, body)
@@ -422,4 +419,24 @@ def sandbox_status() -> None:
 
 
 def main() -> None:
-    app()
+    """The `ztplan` entry point.
+
+    A plan of a large firewall makes ~100,000 objects. The garbage collector would scan
+    them again and again while they are built, and the interpreter would free them one by
+    one at exit; neither is needed in a process that ends when the command does. So: a
+    high collection threshold, and a quick exit once output is flushed and exit handlers
+    (the HTTP client's close) have run.
+    """
+    import atexit
+    import gc
+
+    gc.set_threshold(100_000, 50, 50)
+    code = 0
+    try:
+        app(standalone_mode=True)
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)

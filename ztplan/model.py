@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -36,7 +36,10 @@ Address = str
 
 def digest_of(value: Any) -> str:
     """A stable sha256 of a JSON-able value (sorted keys), used for snapshots and state."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if isinstance(value, str) and '"' not in value and "\\" not in value and value.isprintable():
+        text = f'"{value}"'  # what json.dumps gives, without its cost (state of 20,000 rules)
+    else:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -47,9 +50,11 @@ class Action(StrEnum):
     REPLACE = "replace"
 
 
-@dataclass(frozen=True)
-class Resource:
-    """One managed (or foreign) thing, with `value` normalised so that `==` means "same"."""
+class Resource(NamedTuple):
+    """One managed (or foreign) thing, with `value` normalised so that `==` means "same".
+
+    A NamedTuple, not a frozen dataclass: a large firewall makes 40,000 of these per plan,
+    and a tuple is made ~4x faster."""
 
     address: Address
     value: JsonValue
@@ -72,6 +77,8 @@ class Snapshot:
     resources: dict[Address, Resource]
     raw: Any = None
     digest: str = field(default="")
+    parsed: Any = None
+    """The provider's own reading of `raw` (parsed tables), so apply need not parse again."""
 
     @classmethod
     def of(cls, resources: dict[Address, Resource], raw: Any = None) -> Snapshot:
@@ -140,8 +147,8 @@ class Plan(_Frozen):
     )
     desired: dict[Address, JsonValue] = Field(
         default_factory=dict,
-        description="Desired values of the resources of providers with changes (apply needs "
-        "the full desired order of a chain, not only the changed rules).",
+        description="Desired value of every resource the spec manages (apply needs a chain's "
+        "whole order to place one rule, and records these digests as the new state).",
     )
     state_lineage: str | None = None
     state_serial: int | None = None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from pydantic import JsonValue
 
 from ztplan import __version__
 from ztplan.checks import check_spec
@@ -96,7 +98,7 @@ def make_plan(
     unmanaged = []
     findings = not_yet_managed(spec)
     snapshots: dict[str, Snapshot] = {}
-    desired_values = {}
+    desired_values: dict[str, JsonValue] = {}
     for provider in providers:
         desired = provider.desired(spec)  # first: a bad spec fails before any live read
         snapshot = provider.read(host)
@@ -105,14 +107,17 @@ def make_plan(
         changes.extend(found)
         unmanaged.extend(foreign)
         findings.extend(provider.check(spec, snapshot))
-        if found:
-            desired_values.update({a: r.value for a, r in desired.items()})
-    try:
-        addresses: dict[str, list[str]] | None = host.addresses()
-    except OSError:
-        addresses = None
+        desired_values.update({a: r.value for a, r in desired.items()})
+
+    def addresses() -> Mapping[str, Sequence[str]] | None:
+        try:
+            return host.addresses()
+        except OSError:
+            return None
+
     findings.extend(check_spec(spec, addresses))
-    plan = Plan(
+    # Built from values made and typed here: validating 20,000 of them again costs ~0.07 s.
+    plan = Plan.model_construct(
         ztplan_version=__version__,
         target=spec.target.name,
         netns=host.netns,

@@ -37,7 +37,9 @@ def read_spec(
 
 def _work_tree_source(path: str) -> SpecSource:
     """A file's own provenance: the commit of the repository around it, and whether it is dirty."""
-    import git  # lazy: gitpython costs ~0.1 s to import
+    if not any((parent / ".git").exists() for parent in Path(path).resolve().parents):
+        return SpecSource(path=path)  # not in a repository: no need to load gitpython
+    import git  # lazy: gitpython costs ~0.03-0.1 s to import
 
     try:
         repo = git.Repo(Path(path).resolve().parent, search_parent_directories=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import yaml
 from pydantic import (
@@ -52,6 +52,7 @@ TABLES: dict[str, tuple[str, ...]] = {
 """Tables ztplan manages and their built-in chains (the only ones with a policy)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_QUOTING = re.compile(r"['\"\\\\]")
 # Options that would turn a rule into another command inside iptables-restore's input.
 _COMMAND_FLAGS = frozenset(
     "-A --append -C --check -D --delete -I --insert -R --replace -L --list -S --list-rules "
@@ -70,8 +71,8 @@ def rule_problem(rule: str) -> str | None:
         return "an iptables rule, not an empty string"
     if _CONTROL.search(rule):
         return "a rule on one line without control characters (newline, NUL, tab...)"
-    try:
-        words = shlex.split(rule)
+    try:  # str.split when there is no quoting: shlex is ~20x slower, and specs are long
+        words = shlex.split(rule) if _QUOTING.search(rule) else rule.split()
     except ValueError:
         return "a rule with balanced quotes"
     flags = sorted(_COMMAND_FLAGS.intersection(words))
@@ -340,8 +341,10 @@ class Spec(_Model):
 # --- loading -------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """A safe loader that refuses duplicate keys (YAML would silently keep the last one).
+
+    libyaml's parser when PyYAML has it: ~5x faster on a spec of 20,000 rules."""
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -356,7 +359,12 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
     return loader.construct_mapping(node, deep)
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+class _PyLoader(yaml.SafeLoader):
+    """The pure-Python twin, used only to word a syntax error (libyaml's are terser)."""
+
+
+for _loader in (_Loader, _PyLoader):
+    _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 _PATTERN_WORDS = {
@@ -413,16 +421,29 @@ def _resolve(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[tuple[Any, .
     return tuple(path), line
 
 
+def _python_yaml_error(text: str) -> yaml.YAMLError | None:
+    """The pure-Python parser's wording of a syntax error (libyaml's is terser)."""
+    try:
+        yaml.load(text, Loader=_PyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        return error
+    return None
+
+
+def _raise_yaml_error(file: str, error: yaml.YAMLError) -> NoReturn:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    raise SpecError(
+        file, "", f"not valid YAML: {problem}", mark.line + 1 if mark else None
+    ) from None
+
+
 def parse_spec(text: str, file: str) -> Spec:
     """Parse and validate spec text; `file` names it in errors."""
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise SpecError(
-            file, "", f"not valid YAML: {problem}", mark.line + 1 if mark else None
-        ) from None
+        _raise_yaml_error(file, _python_yaml_error(text) or error)
     if not isinstance(data, dict):
         raise SpecError(file, "", "a YAML mapping with `version: 1` and `target: {name: ...}`")
     try:

@@ -11,8 +11,12 @@ from tests.conftest import SPECS, needs_netns
 from tests.e2e.test_cli import ztplan
 from ztplan.sandbox import GATEWAY, PEER
 
-SANDBOX_ENV = ("ZTPLAN_CONTROLLER_URL", "ZEROTIER_CENTRAL_TOKEN", "ZTPLAN_MEMBER_URL",
-               "ZTPLAN_MEMBER_TOKEN_FILE")
+SANDBOX_ENV = (
+    "ZTPLAN_CONTROLLER_URL",
+    "ZEROTIER_CENTRAL_TOKEN",
+    "ZTPLAN_MEMBER_URL",
+    "ZTPLAN_MEMBER_TOKEN_FILE",
+)
 
 
 @needs_netns

@@ -65,7 +65,14 @@ class Run:
         plan, snapshots = self.plan()
         providers = self.providers()
         apply_plan(
-            self.spec, plan, snapshots, host or self.host, providers, Silent(), self.state_dir, None
+            plan,
+            snapshots,
+            host or self.host,
+            providers,
+            Silent(),
+            self.state_dir,
+            None,
+            plan.desired,
         )
         return plan
 

@@ -21,6 +21,7 @@ from ztplan.providers.firewall import (
     Table,
     _edit_chain,
     _longest_increasing,
+    _untag,
     parse_save,
     rule_address,
 )
@@ -55,7 +56,8 @@ class CannedNormaliser:
         self.calls.append(
             (family, [tuple(r) for r in rules], {k: set(v) for k, v in chains.items()})
         )
-        return [self.spellings.get(rule[3], tagged(rule[3])) for rule in rules]
+        # The normaliser's answer is untagged (the spellings here are written as saved).
+        return [_untag(self.spellings.get(rule[3], tagged(rule[3]))) for rule in rules]
 
 
 class FakeKernel(ReplayHost):

@@ -44,12 +44,17 @@ class Provider(Protocol):
         ...
 
     def apply(
-        self, host: Host, changes: Sequence[Change], desired: Mapping[Address, JsonValue]
+        self,
+        host: Host,
+        changes: Sequence[Change],
+        desired: Mapping[Address, JsonValue],
+        before: Snapshot | None = None,
     ) -> None:
         """Make exactly these changes (one transaction where the backend allows).
 
         `desired` holds the desired values of all the provider's resources: a chain's full
-        rule order is needed to place one new rule.
+        rule order is needed to place one new rule. `before` is the snapshot the changes
+        were planned against, when it is known to be current (read under the same lock).
         """
         ...
 

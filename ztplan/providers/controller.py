@@ -229,7 +229,11 @@ class Controller:
                 )
 
     def apply(
-        self, host: Host, changes: Sequence[Change], desired: Mapping[Address, JsonValue]
+        self,
+        host: Host,
+        changes: Sequence[Change],
+        desired: Mapping[Address, JsonValue],
+        before: Snapshot | None = None,
     ) -> None:
         by_network: dict[str, dict[str, JsonValue]] = {}
         for change in changes:

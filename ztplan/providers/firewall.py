@@ -17,6 +17,7 @@ Addresses:
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import json
 import os
@@ -31,7 +32,7 @@ from pydantic import JsonValue
 
 from ztplan.errors import LiveReadError, SpecError
 from ztplan.host import Host, LocalHost
-from ztplan.model import Action, Address, Change, Finding, Resource, Snapshot, digest_of
+from ztplan.model import Action, Address, Change, Finding, Resource, Snapshot
 from ztplan.spec import FAMILIES, TABLES, Spec, format_field, line_of
 
 __all__ = ["TAG", "Firewall", "KernelNormaliser", "parse_save", "rule_address"]
@@ -39,6 +40,9 @@ __all__ = ["TAG", "Firewall", "KernelNormaliser", "parse_save", "rule_address"]
 TAG = "ztplan"
 TAG_ARGS = f"-m comment --comment {TAG}"
 """How iptables-save prints the ownership tag (unquoted: the word needs no quotes)."""
+
+CACHE_VERSION = 2
+"""Bumped when the cached spellings could differ (a change in how rules are tagged)."""
 
 TOOLS = {
     "ipv4": ("iptables-save", "iptables-restore"),
@@ -76,17 +80,33 @@ def parse_save(text: str) -> dict[str, Table]:
     return tables
 
 
+_TAG_HEAD = TAG_ARGS + " "
+_TAG_MID = " " + TAG_ARGS + " "
+_TAG_TAIL = " " + TAG_ARGS
+
+
 def _is_owned(rule: str) -> bool:
-    return f" {TAG_ARGS} " in f" {rule} "
+    return _TAG_MID in rule or rule.startswith(_TAG_HEAD) or rule.endswith(_TAG_TAIL)
 
 
 def _untag(rule: str) -> str:
-    return " ".join(f" {rule} ".replace(f" {TAG_ARGS} ", " ", 1).split())
+    """The rule without its ownership tag (iptables-save's spelling has single spaces)."""
+    if rule.startswith(_TAG_HEAD):
+        return rule[len(_TAG_HEAD) :]
+    if _TAG_MID in rule:
+        return rule.replace(_TAG_MID, " ", 1)
+    return rule.removesuffix(_TAG_TAIL)
 
 
 def rule_address(family: str, table: str, chain: str, rule: str, foreign: bool = False) -> Address:
     kind = ".foreign" if foreign else ""
-    return f"firewall.{family}.{table}.{chain}{kind}[{json.dumps(rule, ensure_ascii=False)}]"
+    # JSON-quoted; the f-string is the same text when nothing needs escaping (and ~10x faster).
+    quoted = (
+        f'"{rule}"'
+        if '"' not in rule and "\\" not in rule
+        else json.dumps(rule, ensure_ascii=False)
+    )
+    return f"firewall.{family}.{table}.{chain}{kind}[{quoted}]"
 
 
 def _chain_address(family: str, table: str, chain: str) -> Address:
@@ -116,48 +136,63 @@ class RuleRejected(Exception):
 
 
 class KernelNormaliser:
-    """Turns a family's desired rules into the kernel's spelling (tagged), via a scratch netns."""
+    """Turns a family's desired rules into the kernel's spelling, via a scratch netns.
+
+    The rules go in tagged (as apply will write them), so the spelling is exactly what a
+    later iptables-save shows once the tag is taken out again."""
 
     def __init__(self, cache_dir: Path | None = None) -> None:
         self.cache_dir = cache_dir
-        self._memo: dict[str, list[str]] = {}
+        self._known: dict[str, dict[str, str]] = {}
+        """family -> "table<TAB>rule as written" -> kernel spelling (untagged)."""
+
+    def _cache_file(self, family: str) -> Path | None:
+        return self.cache_dir / f"normalise-{family}.json" if self.cache_dir else None
+
+    def _load(self, family: str) -> dict[str, str]:
+        if family not in self._known:
+            cache = self._cache_file(family)
+            known: dict[str, str] = {}
+            try:
+                if cache is not None and cache.exists():
+                    data = json.loads(cache.read_text())
+                    if isinstance(data, dict) and data.get("version") == CACHE_VERSION:
+                        known = {str(k): str(v) for k, v in data.get("rules", {}).items()}
+            except (OSError, ValueError):
+                known = {}  # a broken cache only costs time
+            self._known[family] = known
+        return self._known[family]
+
+    def _save(self, family: str) -> None:
+        cache = self._cache_file(family)
+        if cache is None:
+            return
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"version": CACHE_VERSION, "rules": self._known[family]}))
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a cache that cannot be written only costs time
 
     def __call__(
         self, family: str, rules: Sequence[SpecRule], chains: Mapping[str, set[str]]
     ) -> list[str]:
-        """Normalised tagged texts, one per input rule, in input order."""
-        if not rules:
-            return []
-        key = digest_of(
-            [family, list(map(list, rules)), sorted((t, sorted(c)) for t, c in chains.items())]
-        )
-        if key in self._memo:
-            return list(self._memo[key])
-        cache = (
-            self.cache_dir / f"normalise-{family}-{key.split(':')[1][:32]}.json"
-            if self.cache_dir
-            else None
-        )
-        if cache is not None and cache.exists():
-            try:
-                cached = json.loads(cache.read_text())
-                if isinstance(cached, list) and len(cached) == len(rules):
-                    self._memo[key] = [str(x) for x in cached]
-                    return list(self._memo[key])
-            except (OSError, ValueError):
-                pass
-        with _scratch_namespace() as host:
-            result = self._round_trip(host, family, rules, chains)
-        self._memo[key] = result
-        if cache is not None:
-            try:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(result))
-                os.replace(tmp, cache)
-            except OSError:
-                pass  # a cache that cannot be written only costs time
-        return result
+        """The kernel's spelling of each rule (without the ownership tag), in input order.
+
+        A rule's spelling depends only on its family, table and text, so each is cached on
+        its own: after a one-rule edit of a long spec only that rule visits the kernel.
+        """
+        known = self._load(family)
+        keys = [f"{table}\t{rule}" for _, table, _, rule, _ in rules]
+        missing = [r for r, key in zip(rules, keys, strict=True) if key not in known]
+        if missing:
+            with _scratch_namespace() as host:
+                spelled = self._round_trip(host, family, missing, chains)
+            for rule, text in zip(missing, spelled, strict=True):
+                known[f"{rule[1]}\t{rule[3]}"] = text
+            self._save(family)
+        return [known[key] for key in keys]
 
     def _round_trip(
         self, host: Host, family: str, rules: Sequence[SpecRule], chains: Mapping[str, set[str]]
@@ -179,14 +214,15 @@ class KernelNormaliser:
         saved = parse_save(host.run([save]).stdout)
         result: list[str] = []
         position: dict[tuple[str, str], int] = {}
-        for _, table, chain, _, _ in rules:
-            kernel = saved.get(table, Table()).rules.get(chain, [])
-            expected = sum(1 for r in rules if r[1] == table and r[2] == chain)
-            if len(kernel) != expected:
+        expected = collections.Counter((r[1], r[2]) for r in rules)
+        for (table, chain), count in expected.items():
+            if len(saved.get(table, Table()).rules.get(chain, [])) != count:
                 self._raise_expanding_rule(host, family, rules, chains, extra)
+        for _, table, chain, _, _ in rules:
+            kernel = saved[table].rules[chain]
             index = position.get((table, chain), 0)
             position[(table, chain)] = index + 1
-            result.append(kernel[index])
+            result.append(_untag(kernel[index]))
         return result
 
     def _raise_bad_rule(
@@ -318,7 +354,7 @@ class Firewall:
                         spec_path += (chain, i)
                         rules.append((family, table_name, chain, rule, spec_path))
             try:
-                normalised = [_untag(r) for r in self.normalise(family, rules, chains)]
+                normalised = self.normalise(family, rules, chains)
             except RuleRejected as error:
                 raise SpecError(
                     self.file, format_field(error.path), error.message, line_of(spec, error.path)
@@ -350,46 +386,66 @@ class Firewall:
     def read(self, host: Host) -> Snapshot:
         resources: dict[Address, Resource] = {}
         raw: dict[str, str] = {}
+        parsed: dict[str, dict[str, Table]] = {}
+        canonical: list[str] = []
         for family, (save, _) in TOOLS.items():
             done = host.run([save])
             if done.returncode != 0:
                 raise LiveReadError(self.name, f"{save} failed: {_restore_message(done.stderr)}")
             raw[family] = done.stdout
-            tables = parse_save(done.stdout)
+            tables = parsed[family] = parse_save(done.stdout)
             for table_name, builtins in TABLES.items():
                 # A table nothing has used yet is not in the dump (nft makes tables lazily);
                 # its built-in chains are there in effect, with the kernel's ACCEPT policy.
                 tables.setdefault(table_name, Table(policies=dict.fromkeys(builtins, "ACCEPT")))
-            for table_name, table in tables.items():
+            for table_name, table in sorted(tables.items()):
                 if table_name not in TABLES:
                     continue
+                if any(table.rules.values()) or set(table.policies.values()) != {"ACCEPT"}:
+                    canonical.append(f"*{family} {table_name}")
+                    canonical += (f":{c} {p}" for c, p in sorted(table.policies.items()))
+                    canonical += (f"-A {c} {r}" for c, rules in table.rules.items() for r in rules)
                 for chain, policy in table.policies.items():
                     if policy != "-":
                         address = f"firewall.{family}.{table_name}.policy.{chain}"
                         resources[address] = Resource(address, policy, owned=False)
                 for chain, chain_rules in table.rules.items():
-                    owned = [_untag(r) for r in chain_rules if _is_owned(r)]
+                    owned: list[JsonValue] = []
                     for rule in chain_rules:
                         mine = _is_owned(rule)
                         text = _untag(rule) if mine else rule
-                        address = _unique(
-                            resources, rule_address(family, table_name, chain, text, not mine)
-                        )
+                        if mine:
+                            owned.append(text)
+                        address = rule_address(family, table_name, chain, text, not mine)
+                        if address in resources:
+                            address = _unique(resources, address)
                         resources[address] = Resource(address, text, owned=mine)
                     if owned:
                         address = _chain_address(family, table_name, chain)
-                        order: list[JsonValue] = list(owned)
                         resources[address] = Resource(
-                            address, order, owned=False, relative_order=True
+                            address, owned, owned=False, relative_order=True
                         )
-        return Snapshot.of(resources, raw)
+        # Hashing the parsed tables is ~20x cheaper than hashing 20,000 resources; parsed,
+        # not raw, so an empty table and an absent one (the same to the kernel) are equal.
+        digest = _sha256("\n".join(canonical))
+        return Snapshot(resources=resources, raw=raw, digest=digest, parsed=parsed)
 
     def check(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
         return []
 
     def apply(
-        self, host: Host, changes: Sequence[Change], desired: Mapping[Address, JsonValue]
+        self,
+        host: Host,
+        changes: Sequence[Change],
+        desired: Mapping[Address, JsonValue],
+        before: Snapshot | None = None,
     ) -> None:
+        """One `*-restore --noflush` per family with changes.
+
+        Rule positions come from `before` (the snapshot the plan was made from, read under
+        the same lock a moment ago) when given, else from a fresh `*-save`.
+        """
+        known = before.parsed if before is not None and isinstance(before.parsed, dict) else {}
         touched: dict[str, dict[str, set[str]]] = {}  # family -> table -> chains
         policies: dict[str, dict[str, list[str]]] = {}
         purged: set[Address] = set()
@@ -408,10 +464,15 @@ class Firewall:
             if family not in touched and family not in policies:
                 continue
             save, restore = TOOLS[family]
-            before = host.run([save])
-            if before.returncode != 0:  # editing blind would duplicate or flush rules
-                raise LiveReadError(self.name, f"{save} failed: {_restore_message(before.stderr)}")
-            live = parse_save(before.stdout)
+            if family in known:
+                live = known[family]
+            else:
+                saved = host.run([save])
+                if saved.returncode != 0:  # editing blind would duplicate or flush rules
+                    raise LiveReadError(
+                        self.name, f"{save} failed: {_restore_message(saved.stderr)}"
+                    )
+                live = parse_save(saved.stdout)
             text: list[str] = []
             for table in sorted(set(touched.get(family, {})) | set(policies.get(family, {}))):
                 text.append(f"*{table}")
@@ -465,6 +526,12 @@ class Firewall:
             raise LiveReadError(self.name, "; ".join(failed))
 
 
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 def _unique(resources: Mapping[Address, Resource], address: Address) -> Address:
     """Identical rules twice in one chain: the second gets ` #2` (it is then an extra)."""
     if address not in resources:
@@ -485,27 +552,40 @@ def _edit_chain(
     ones are inserted next to their desired neighbours. Foreign rules stay where they are
     unless purged.
     """
+    mine = [_is_owned(rule) for rule in live]
+    texts = [_untag(rule) if own else rule for rule, own in zip(live, mine, strict=True)]
     index = {rule: i for i, rule in enumerate(desired)}
-    live_owned = [(i, _untag(r)) for i, r in enumerate(live) if _is_owned(r)]
-    keep = _longest_increasing([(pos, index[rule]) for pos, rule in live_owned if rule in index])
+    pairs = [(pos, index[t]) for pos, t in enumerate(texts) if mine[pos] and t in index]
+    ranks = [rank for _, rank in pairs]
+    if all(a < b for a, b in zip(ranks, ranks[1:], strict=False)):
+        keep = {pos for pos, _ in pairs}  # the usual case: nothing is out of order
+    else:
+        keep = _longest_increasing(pairs)
     doomed: list[int] = []
     chain_now: list[tuple[str, bool]] = []  # (untagged rule, owned) after the deletions
-    for pos, rule in enumerate(live):
-        mine = _is_owned(rule)
-        foreign_address = rule_address(family, table, chain, rule, foreign=True)
-        if (mine and pos not in keep) or (not mine and foreign_address in purged):
+    for pos, text in enumerate(texts):
+        if mine[pos]:
+            drop = pos not in keep
+        else:
+            drop = bool(purged) and rule_address(family, table, chain, text, True) in purged
+        if drop:
             doomed.append(pos)
         else:
-            chain_now.append((_untag(rule) if mine else rule, mine))
+            chain_now.append((text, mine[pos]))
     # By number, last first, so earlier numbers stay valid: `-D CHAIN RULE` would delete
     # the first identical rule, the wrong one when a rule is in the chain twice.
     lines = [f"-D {chain} {pos + 1}" for pos in reversed(doomed)]
     owned_at = [i for i, (_, mine) in enumerate(chain_now) if mine]
     cursor = owned_at[0] if owned_at else len(chain_now)
+    present = {text for text, own in chain_now if own}
     for rule in desired:
-        found = next(
-            (i for i in range(cursor, len(chain_now)) if chain_now[i] == (rule, True)), None
-        )
+        wanted = (rule, True)
+        if cursor < len(chain_now) and chain_now[cursor] == wanted:  # the usual case
+            cursor += 1
+            continue
+        found = None
+        if rule in present:  # scan only for rules that are there (a new one is not)
+            found = next((i for i in range(cursor, len(chain_now)) if chain_now[i] == wanted), None)
         if found is not None:
             cursor = found + 1
             continue

@@ -217,7 +217,11 @@ class Member:
             )
 
     def apply(
-        self, host: Host, changes: Sequence[Change], desired: Mapping[Address, JsonValue]
+        self,
+        host: Host,
+        changes: Sequence[Change],
+        desired: Mapping[Address, JsonValue],
+        before: Snapshot | None = None,
     ) -> None:
         by_network: dict[str, dict[str, bool]] = {}
         for change in changes:

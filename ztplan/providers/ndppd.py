@@ -233,7 +233,11 @@ class Ndppd:
         return findings
 
     def apply(
-        self, host: Host, changes: Sequence[Change], desired: Mapping[Address, JsonValue]
+        self,
+        host: Host,
+        changes: Sequence[Change],
+        desired: Mapping[Address, JsonValue],
+        before: Snapshot | None = None,
     ) -> None:
         path = self._config(host)
         if any(c.address != "ndppd.daemon" for c in changes):

@@ -81,7 +81,11 @@ class Sysctl:
         return []
 
     def apply(
-        self, host: Host, changes: Sequence[Change], desired: Mapping[Address, JsonValue]
+        self,
+        host: Host,
+        changes: Sequence[Change],
+        desired: Mapping[Address, JsonValue],
+        before: Snapshot | None = None,
     ) -> None:
         for change in changes:
             key = change.address[len('sysctl["') : -2]

@@ -758,7 +758,10 @@ def main(argv: list[str] | None = None) -> None:
         "--network", action="append", default=[], metavar="NWID", help="create it (repeatable)"
     )
     parser.add_argument(
-        "--join", action="append", default=[], metavar="NWID",
+        "--join",
+        action="append",
+        default=[],
+        metavar="NWID",
         help="make the emulated node a member of it (member-side service API; repeatable)",
     )
     args = parser.parse_args(argv)
