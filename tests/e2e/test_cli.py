@@ -292,3 +292,31 @@ def test_help_imports_no_heavy_module() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@needs_netns
+def test_a_change_while_asking_refuses_the_apply(tmp_path: Path, spec: Path, netns: str) -> None:
+    """The operator approved the plan they saw; if the host moved meanwhile, nothing runs."""
+    env = {**os.environ, "ZTPLAN_STATE_DIR": str(tmp_path / "state"), "NO_COLOR": "1"}
+    child = subprocess.Popen(
+        [*ZTPLAN, "apply", str(spec), "--netns", netns],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    for line in child.stdout:  # the plan is printed before the question
+        if line.startswith("Plan: "):
+            break
+    sh(netns, "iptables", "-A", "FORWARD", "-j", "LOG")  # someone else, meanwhile
+    before = full_dump(netns)
+    _, err = child.communicate("yes\n", timeout=60)
+    assert child.returncode == 1
+    assert err.strip().splitlines()[-1] == (
+        "Error: the live state changed since the plan was made (firewall); nothing was applied "
+        "(run plan again and review the new changes)"
+    )
+    assert full_dump(netns) == before
