@@ -138,6 +138,9 @@ def validate(
     repo: RepoOpt = None,
     ref: RefOpt = None,
     json_: JsonOpt = False,
+    expand: Annotated[
+        bool, typer.Option("--expand", help="Print the spec with the gateway shorthand expanded.")
+    ] = False,
 ) -> None:
     """Check the spec (schema and meaning) without touching live state."""
 
@@ -145,7 +148,12 @@ def validate(
         from ztplan.source import read_spec
 
         loaded, source = read_spec(spec, repo, ref)
-        if json_:
+        if expand:
+            from ztplan.gateway import dump_data, dump_spec
+
+            sys.stdout.write(json.dumps(dump_data(loaded), indent=2) + "\n" if json_
+                             else dump_spec(loaded))
+        elif json_:
             print(
                 json.dumps(
                     {"valid": True, "spec": source.model_dump(), "target": loaded.target.name}

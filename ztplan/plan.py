@@ -20,9 +20,7 @@ from ztplan.providers.sysctl import Sysctl
 from ztplan.spec import Spec
 from ztplan.state import StateFile
 
-__all__ = ["build_providers", "make_plan", "not_yet_managed"]
-
-_NOT_YET: tuple[str, ...] = ()
+__all__ = ["build_providers", "make_plan"]
 
 CONTROLLER_URL_ENV = "ZTPLAN_CONTROLLER_URL"
 """Overrides the spec's controller URL (the sandbox's emulator, a staging controller)."""
@@ -63,29 +61,6 @@ def build_providers(spec: Spec, file: str, cache_dir: Path | None) -> list[Provi
     return [p for p in providers if p.manages(spec)]
 
 
-def not_yet_managed(spec: Spec) -> list[Finding]:
-    """Sections this version reads but cannot manage yet: said loudly, never silently."""
-    findings = [
-        Finding(
-            severity="warning",
-            address=section,
-            message=f"`{section}` is not managed by ztplan {__version__} yet; ignored",
-        )
-        for section in _NOT_YET
-        if getattr(spec, section)
-    ]
-    if spec.gateway is not None:
-        findings.append(
-            Finding(
-                severity="error",
-                address="gateway",
-                message="the `gateway:` shorthand is not expanded by this version yet; "
-                "write the resources out (see specs/gateway.yaml)",
-            )
-        )
-    return findings
-
-
 def make_plan(
     spec: Spec,
     source: SpecSource,
@@ -96,7 +71,7 @@ def make_plan(
     """The plan, and the snapshots it was made from (apply rolls back to them)."""
     changes = []
     unmanaged = []
-    findings = not_yet_managed(spec)
+    findings: list[Finding] = []
     snapshots: dict[str, Snapshot] = {}
     desired_values: dict[str, JsonValue] = {}
     for provider in providers:

@@ -285,14 +285,96 @@ class Member(_Model):
     networks: list[MemberNetwork] = Field(default_factory=list)
 
 
-class Gateway(_Model):
-    """The `gateway:` shorthand (DESIGN §3); expanded into ordinary resources."""
+def _version(value: str, version: int, what: str) -> str:
+    if ipaddress.ip_network(value, strict=False).version != version:
+        raise ValueError(f"an IPv{version} {what}")
+    return value
 
-    network: NetworkId
-    zerotier_interface: InterfaceName
-    wan_interface: InterfaceName
-    ipv4: dict[str, Any] | None = None
-    ipv6: dict[str, Any] | None = None
+
+NdpMethod = Annotated[
+    str, StringConstraints(pattern=r"^(static|auto|iface:[A-Za-z0-9_.:@+-]{1,15})$")
+]
+
+
+class GatewayNdpProxy(_Model):
+    prefix: IpNetwork = Field(
+        description="The part of the IPv6 prefix handed to members (the guide uses a /80), "
+        "answered for on the WAN side by ndppd and routed to members by the controller."
+    )
+    method: NdpMethod = Field(
+        default="static", description="ndppd rule method: static | auto | iface:<name>."
+    )
+
+    _v6 = field_validator("prefix")(lambda v: _version(v, 6, "prefix"))
+
+
+class GatewayIPv4(_Model):
+    subnet: IpNetwork = Field(description="The network's IPv4 subnet (its managed route).")
+    address: IpAddress = Field(
+        description="This gateway's ZeroTier IPv4 address: the default route's via."
+    )
+    nat: str = Field(
+        description="`masquerade` for a dynamic public address, or the static public IPv4 "
+        "address to SNAT to."
+    )
+    pool: bool = Field(
+        default=True,
+        description="Hand out the whole subnet (less network and broadcast) as the IP pool.",
+    )
+
+    _v4 = field_validator("subnet", "address")(lambda v: _version(v, 4, "network or address"))
+
+    @field_validator("nat")
+    @classmethod
+    def _nat(cls, value: str) -> str:
+        if value == "masquerade":
+            return value
+        try:
+            return str(ipaddress.IPv4Address(value))
+        except ValueError:
+            raise ValueError("`masquerade` or an IPv4 address to SNAT to") from None
+
+    @model_validator(mode="after")
+    def _address_in_subnet(self) -> GatewayIPv4:
+        if ipaddress.ip_address(self.address) not in ipaddress.ip_network(self.subnet):
+            raise ValueError(f"address {self.address} is outside subnet {self.subnet}")
+        return self
+
+
+class GatewayIPv6(_Model):
+    prefix: IpNetwork = Field(description="The IPv6 prefix routed to this gateway (e.g. a /64).")
+    ndp_proxy: GatewayNdpProxy | None = Field(
+        default=None,
+        description="Answer neighbour discovery on the WAN side for members' addresses.",
+    )
+    inbound: Literal["open", "stateful"] = Field(
+        default="stateful",
+        description="`stateful`: from the Internet only replies reach members (the guide's "
+        "appendix); `open`: all inbound IPv6 to the prefix is forwarded.",
+    )
+
+    _v6 = field_validator("prefix")(lambda v: _version(v, 6, "prefix"))
+
+    @model_validator(mode="after")
+    def _proxy_in_prefix(self) -> GatewayIPv6:
+        if self.ndp_proxy is not None:
+            inner = ipaddress.IPv6Network(self.ndp_proxy.prefix)
+            if not inner.subnet_of(ipaddress.IPv6Network(self.prefix)):
+                raise ValueError(f"ndp_proxy.prefix {inner} is outside prefix {self.prefix}")
+        return self
+
+
+class Gateway(_Model):
+    """The `gateway:` shorthand (DESIGN §3): the guide's recipe as one declaration, expanded
+    into ordinary resources (`ztplan validate --expand` shows them)."""
+
+    network: NetworkId = Field(description="The ZeroTier network this gateway serves.")
+    zerotier_interface: InterfaceName = Field(
+        default="zt+", description="The ZeroTier interface (iptables pattern: zt+ for any)."
+    )
+    wan_interface: InterfaceName = Field(description="The interface to the Internet.")
+    ipv4: GatewayIPv4 | None = Field(default=None, description="NAT to the Internet for IPv4.")
+    ipv6: GatewayIPv6 | None = Field(default=None, description="Routed IPv6 for members.")
 
 
 _SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_@:+/-]+)+$")
@@ -467,6 +549,10 @@ def parse_spec(text: str, file: str) -> Spec:
         _, line = _resolve(yaml.compose(text, Loader=yaml.SafeLoader), loc)
         raise SpecError(file, format_field(loc), message, line)
     spec._text = text
+    if spec.gateway is not None:
+        from ztplan.gateway import expand_gateway  # it builds on this module
+
+        spec = expand_gateway(spec, file)
     return spec
 
 

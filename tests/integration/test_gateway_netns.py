@@ -464,3 +464,22 @@ def test_reference_spec_plans_and_applies_everything(
         finally:
             Ndppd().stop(LocalHost(netns))
             shutil.rmtree(f"/etc/netns/{netns}", ignore_errors=True)
+
+
+def test_the_shorthand_and_the_written_out_guide_plan_alike(
+    netns: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import ROOT, SPECS
+    from ztplan.testing.emulator import ControllerEmulator
+
+    with ControllerEmulator(token="t0ken") as emulator:
+        emulator.add_network("8056c2e21c000001")
+        monkeypatch.setenv("ZTPLAN_CONTROLLER_URL", emulator.url + "/api/v1")
+        monkeypatch.setenv("ZEROTIER_CENTRAL_TOKEN", "t0ken")
+        plans = []
+        for path in (SPECS / "gateway.yaml", ROOT / "tests/fixtures/gateway/guide-shorthand.yaml"):
+            spec, source = read_spec(str(path))
+            plan, _ = make_plan(spec, source, LocalHost(netns), build_providers(spec, "s", None))
+            plans.append(plan.model_dump(include={"changes", "findings", "desired", "unmanaged"}))
+    assert len(plans[0]["changes"]) == 12
+    assert plans[0] == plans[1]
