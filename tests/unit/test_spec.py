@@ -50,12 +50,12 @@ def test_gateway_spec_loads() -> None:
     ]
 
 
-def test_masquerade_spec_loads_with_the_gateway_shorthand() -> None:
+def test_masquerade_spec_loads_with_the_gateway_shorthand_expanded() -> None:
     spec = load_spec(str(SPECS / "gateway-masquerade.yaml"))
     assert spec.target.name == "gw-home"
-    assert spec.gateway is not None
-    assert spec.gateway.network == "8056c2e21c000001"
-    assert spec.firewall is None
+    assert spec.gateway is None  # expanded into the resources below
+    assert [n.id for n in spec.networks] == ["8056c2e21c000001"]
+    assert spec.firewall is not None and spec.firewall.ipv6 is not None
 
 
 def test_member_spec_loads() -> None:
