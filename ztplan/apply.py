@@ -11,6 +11,8 @@ if anything moved: the operator approved changes against the state they saw.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +22,13 @@ from pydantic import JsonValue
 
 from ztplan.errors import ApplyFailed, StalePlan, ZtplanError
 from ztplan.host import Host
+from ztplan.journal import Journal, journal_path, remove_journal, write_journal
 from ztplan.model import Address, Change, Plan, Snapshot, digest_of
 from ztplan.order import steps
 from ztplan.providers import Provider
 from ztplan.state import StateFile, write_state
 
-__all__ = ["ApplyResult", "Reporter", "apply_plan", "refuse_if_stale"]
+__all__ = ["ApplyResult", "Reporter", "apply_plan", "refuse_if_stale", "step_name"]
 
 
 class Reporter(Protocol):
@@ -56,6 +59,16 @@ def refuse_if_stale(plan: Plan, host: Host, providers: Sequence[Provider]) -> di
     return fresh
 
 
+def _crash_point(point: str) -> None:
+    """Test hook: die here as a power cut would (ZTPLAN_TEST_KILL_AT=step:N|state)."""
+    if os.environ.get("ZTPLAN_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def step_name(provider: str, changes: Sequence[Change]) -> str:
+    return f"{provider} ({changes[0].phase})" if changes and changes[0].phase else provider
+
+
 def apply_plan(
     plan: Plan,
     snapshots: Mapping[str, Snapshot],
@@ -65,26 +78,55 @@ def apply_plan(
     state_dir: Path,
     previous: StateFile | None,
     managed: Mapping[Address, JsonValue],
+    spec_text: str = "",
+    confirm_by: float | None = None,
 ) -> ApplyResult:
     """Apply `plan` (made from `snapshots`, which must be current) and record `managed`,
-    the desired value of every resource the spec manages, as the new state."""
+    the desired value of every resource the spec manages, as the new state.
+
+    A journal in `state_dir` follows the steps (crash recovery); with `confirm_by` it is
+    kept after success, for the revert that happens unless `ztplan confirm` comes first.
+    """
     by_name = {p.name: p for p in providers}
+    planned = [(name, changes) for name, changes in steps(plan.changes)]
+    journal_file = journal_path(state_dir, plan.target)
+    journal = Journal(
+        target=plan.target,
+        netns=host.netns,
+        spec_file=plan.spec.path,
+        spec_text=spec_text,
+        snapshots={name: snapshots[name].raw for name, _ in planned},
+        steps=[step_name(name, changes) for name, changes in planned],
+        confirm_by=confirm_by,
+    )
+    write_journal(journal_file, journal)
     touched: list[Provider] = []
-    for name, changes in steps(plan.changes):
+    for number, (name, changes) in enumerate(planned):
+        _crash_point(f"step:{number}")
         provider = by_name[name]
         reporter.step_started(name, changes)
-        touched.append(provider)
+        # The snapshot describes the host only until this provider's first step changes it.
+        before = None if provider in touched else snapshots[name]
+        if provider not in touched:
+            touched.append(provider)
         try:
-            provider.apply(host, changes, plan.desired, snapshots[name])
+            provider.apply(host, changes, plan.desired, before)
         except Exception as error:  # any failure, a bug included, rolls back
             cause = str(error) if isinstance(error, ZtplanError) else repr(error)
             rolled, not_rolled = _rollback(touched, snapshots, host, reporter)
+            if not not_rolled:
+                remove_journal(journal_file)  # all put back: nothing left to recover
             raise ApplyFailed(name, cause, rolled, not_rolled) from error
+        journal.done.append(step_name(name, changes))
+        write_journal(journal_file, journal)
         reporter.step_done(name, changes)
+    _crash_point("state")
     # Each step is a transaction that either took whole or raised (and the controller and
     # member steps re-read what they wrote), so what the spec asks is now what is live.
     digests = {address: digest_of(value) for address, value in managed.items()}
     state = write_state(state_dir, previous, plan.target, host.netns, plan.spec, digests)
+    if confirm_by is None:
+        remove_journal(journal_file)
     return ApplyResult(state=state)
 
 

@@ -151,8 +151,9 @@ def validate(
         if expand:
             from ztplan.gateway import dump_data, dump_spec
 
-            sys.stdout.write(json.dumps(dump_data(loaded), indent=2) + "\n" if json_
-                             else dump_spec(loaded))
+            sys.stdout.write(
+                json.dumps(dump_data(loaded), indent=2) + "\n" if json_ else dump_spec(loaded)
+            )
         elif json_:
             print(
                 json.dumps(
@@ -179,6 +180,39 @@ def _prepare(
     providers = build_providers(loaded, source.path, state_dir / "cache")
     previous = read_state(state_dir, loaded.target.name)
     return loaded, source, host, providers, previous
+
+
+def _journal_notes(state_dir: Path, target: str) -> list[Any]:
+    """What an earlier apply's journal says: interrupted, or waiting for confirmation.
+    An interrupted apply's finding has the address `apply.interrupted`."""
+    import time
+
+    from ztplan.journal import journal_path, read_journal
+    from ztplan.lock import pid_alive
+    from ztplan.model import Finding
+
+    journal = read_journal(journal_path(state_dir, target))
+    if journal is None:
+        return []
+    if journal.confirm_by is not None and journal.confirm_by > time.time():
+        left = int(journal.confirm_by - time.time())
+        return [
+            Finding(
+                severity="warning",
+                address="apply.unconfirmed",
+                message=f"the last apply is not confirmed: it is reverted in {left} s "
+                f"unless `ztplan confirm --target-name {target}` comes first",
+            )
+        ]
+    if pid_alive(journal.pid, journal.host):
+        return []
+    return [
+        Finding(
+            severity="warning",
+            address="apply.interrupted",
+            message=journal.summary() + "; this plan is made from the live state as it is",
+        )
+    ]
 
 
 @app.command()
@@ -218,7 +252,8 @@ def plan(
             else contextlib.nullcontext()
         )
         with guard:
-            result, _ = make_plan(loaded, source, host, providers, previous)
+            notes = _journal_notes(state_dir, loaded.target.name)
+            result, _ = make_plan(loaded, source, host, providers, previous, notes)
             if out:
                 from ztplan.render.jsonplan import render_json
 
@@ -270,16 +305,20 @@ def apply(
 
         loaded, source, host, providers, previous = _prepare(spec, repo, ref, netns, state_dir)
         with locked(lock_path(state_dir, loaded.target.name), "apply", lock_timeout):
-            result, snapshots = make_plan(loaded, source, host, providers, previous)
+            notes = _journal_notes(state_dir, loaded.target.name)
+            result, snapshots = make_plan(loaded, source, host, providers, previous, notes)
             _emit(result, fmt)
             if result.errors:
                 raise ZtplanError(
                     f"the plan has {len(result.errors)} error(s); nothing was applied: "
                     f"{result.errors[0].message}"
                 )
-            if not result.has_changes:
+            interrupted = any(n.address == "apply.interrupted" for n in notes)
+            if not result.has_changes and not interrupted:
                 return 0
-            if not auto_approve:
+            if not result.has_changes:
+                print("Recording the state an interrupted apply left unrecorded.", file=sys.stderr)
+            elif not auto_approve:
                 if not _confirm():
                     print("Apply cancelled; nothing was changed.", file=sys.stderr)
                     return 1
@@ -294,6 +333,7 @@ def apply(
                 state_dir,
                 previous,
                 result.desired,
+                spec_text=loaded._text,
             )
         print(f"Apply complete. State serial {done.state.serial} written.", file=sys.stderr)
         return 0

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ztplan.errors import LockHeld, ZtplanError
 
-__all__ = ["LockInfo", "force_unlock", "lock_path", "locked", "read_lock"]
+__all__ = ["LockInfo", "force_unlock", "lock_path", "locked", "pid_alive", "read_lock"]
 
 
 class LockInfo(BaseModel):
@@ -57,16 +57,23 @@ def read_lock(path: Path) -> LockInfo | None:
         )
 
 
-def _is_stale(info: LockInfo) -> bool:
-    if info.host != socket.gethostname() or info.pid <= 0:
-        return info.pid <= 0
-    try:
-        os.kill(info.pid, 0)
-    except ProcessLookupError:
+def pid_alive(pid: int, host: str) -> bool:
+    """Whether `pid` runs here; a process on another host is assumed alive."""
+    if host != socket.gethostname():
         return True
-    except PermissionError:
+    if pid <= 0:
         return False
-    return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_stale(info: LockInfo) -> bool:
+    return info.pid <= 0 or not pid_alive(info.pid, info.host)
 
 
 def _user() -> str:

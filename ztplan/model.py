@@ -119,6 +119,11 @@ class Change(_Frozen):
     detail: list[str] = Field(
         default_factory=list, description="For updates: what changed inside the value."
     )
+    phase: str = Field(
+        default="",
+        description="When in the apply it runs: withdraw, protect, forward, proxy, announce, "
+        "members or teardown (see ztplan.order).",
+    )
 
 
 class Finding(_Frozen):

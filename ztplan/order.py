@@ -1,31 +1,93 @@
-"""Apply order: what protects first, what announces last (DESIGN §5).
+"""Apply order: withdraw first, protect, forward, announce, tear down last (DESIGN §5).
 
-The firewall goes first (it is what keeps the gateway safe and makes NAT work), then the
-sysctls that turn forwarding on, then ndppd, and only then the controller's routes that
-send members through the gateway; member settings last.
+Members lose the Internet when a route points at a gateway that does not forward, and an
+operator loses the gateway when the rule that admits their SSH session goes before its
+replacement exists. So a plan runs in these phases, each a step of one provider:
+
+    withdraw   controller: routes through this gateway removed from the network
+    protect    firewall: rules added or changed, policies set (one transaction per family)
+    forward    sysctl: forwarding and friends turned on or changed
+    proxy      ndppd: proxies written, daemon (re)started
+    announce   controller: routes and pools published
+    members    member: allowDefault and friends
+    teardown   ndppd, sysctl (forwarding off), firewall (rules deleted): last of all
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from ztplan.model import Change
+from pydantic import JsonValue
 
-__all__ = ["RANK", "order_changes", "steps"]
+from ztplan.model import Action, Change
 
-RANK = {"firewall": 0, "sysctl": 1, "ndppd": 2, "controller": 3, "member": 4}
+__all__ = ["PHASES", "order_changes", "phase_of", "steps"]
+
+PHASES = (
+    ("withdraw", "controller"),
+    ("protect", "firewall"),
+    ("forward", "sysctl"),
+    ("proxy", "ndppd"),
+    ("announce", "controller"),
+    ("members", "member"),
+    ("teardown", "ndppd"),
+    ("teardown", "sysctl"),
+    ("teardown", "firewall"),
+)
+"""(phase, provider) in apply order."""
+
+
+def _routes(value: JsonValue) -> set[tuple[str, str]]:
+    items = value if isinstance(value, list) else []
+    return {(str(r.get("target")), str(r.get("via"))) for r in items if isinstance(r, dict)}
+
+
+def _withdraws(change: Change) -> bool:
+    """A routes change that only takes routes away (a gateway being withdrawn)."""
+    if not change.address.endswith(".routes"):
+        return False
+    before, after = _routes(change.before), _routes(change.after)
+    return bool(before - after) and not (after - before)
+
+
+def _turns_off(change: Change) -> bool:
+    """Forwarding switched off: part of withdrawing the gateway, so it goes last."""
+    forwarding = "forwarding" in change.address or change.address.endswith('ip_forward"]')
+    return forwarding and change.action is Action.UPDATE and str(change.after) == "0"
+
+
+def phase_of(change: Change, provider_changes: Iterable[Change] = ()) -> int:
+    """Index into PHASES for one change (`provider_changes`: all of its provider's)."""
+    if change.provider == "controller":
+        return 0 if _withdraws(change) else 4
+    if change.provider == "firewall":
+        return 8 if change.action is Action.DELETE else 1
+    if change.provider == "sysctl":
+        return 7 if _turns_off(change) else 2
+    if change.provider == "ndppd":  # apply writes the whole file: one step, early or last
+        return 6 if all(c.action is Action.DELETE for c in provider_changes) else 3
+    if change.provider == "member":
+        return 5
+    return len(PHASES)
 
 
 def order_changes(changes: Iterable[Change]) -> list[Change]:
-    """Stable: within a provider, changes keep the order the diff gave them."""
-    return sorted(changes, key=lambda c: RANK.get(c.provider, len(RANK)))
+    """Changes sorted into phases (stable within a phase), each marked with its phase."""
+    changes = list(changes)
+    ndppd = [c for c in changes if c.provider == "ndppd"]
+    ranked = [(phase_of(c, ndppd), i, c) for i, c in enumerate(changes)]
+    ranked.sort(key=lambda item: (item[0], item[1]))
+    return [
+        c.model_copy(update={"phase": PHASES[p][0] if p < len(PHASES) else ""})
+        for p, _, c in ranked
+    ]
 
 
 def steps(changes: Iterable[Change]) -> Iterator[tuple[str, list[Change]]]:
-    """Consecutive changes of one provider, as one step each."""
+    """Consecutive changes of one provider in one phase, as one step each."""
     batch: list[Change] = []
     for change in changes:
-        if batch and batch[-1].provider != change.provider:
+        if batch and (batch[-1].provider, batch[-1].phase) != (change.provider, change.phase):
             yield batch[0].provider, batch
             batch = []
         batch.append(change)

@@ -67,11 +67,13 @@ def make_plan(
     host: Host,
     providers: Sequence[Provider],
     state: StateFile | None = None,
+    notes: Sequence[Finding] = (),
 ) -> tuple[Plan, dict[str, Snapshot]]:
-    """The plan, and the snapshots it was made from (apply rolls back to them)."""
+    """The plan, and the snapshots it was made from (apply rolls back to them). `notes` are
+    findings from outside the providers (an interrupted apply's journal)."""
     changes = []
     unmanaged = []
-    findings: list[Finding] = []
+    findings: list[Finding] = list(notes)
     snapshots: dict[str, Snapshot] = {}
     desired_values: dict[str, JsonValue] = {}
     for provider in providers:

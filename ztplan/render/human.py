@@ -91,8 +91,15 @@ def render_plan(plan: Plan, color: bool = False) -> str:
         out.append(_paint("No changes. The live state matches the spec.", "32;1", color))
     else:
         out.append("ztplan will make these changes, in this order:")
-        out.append("")
+        step = None
+        number = 0
         for change in plan.changes:
+            if (change.provider, change.phase) != step:
+                step = (change.provider, change.phase)
+                number += 1
+                phase = f" ({change.phase})" if change.phase else ""
+                out.append("")
+                out.append(f"  {number}. {change.provider}{phase}")
             out.extend(_change_lines(change, color))
         out.append("")
         out.append(_paint(summary_line(plan), "1", color))

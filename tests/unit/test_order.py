@@ -1,0 +1,63 @@
+"""Apply order: withdraw first, protect, forward, announce, tear down last."""
+
+from __future__ import annotations
+
+from ztplan.model import Action, Change
+from ztplan.order import order_changes, steps
+
+NW = 'controller.network["8056c2e21c000001"]'
+DEFAULT = {"target": "0.0.0.0/0", "via": "10.6.6.2"}
+SUBNET = {"target": "10.6.4.0/22", "via": None}
+
+
+def change(address: str, action: Action = Action.UPDATE, before=None, after=None) -> Change:  # type: ignore[no-untyped-def]
+    return Change(
+        address=address,
+        provider=address.split(".")[0].split("[")[0],
+        action=action,
+        before=before,
+        after=after,
+    )
+
+
+def test_bringing_a_gateway_up_announces_last() -> None:
+    plan = order_changes(
+        [
+            change(f"{NW}.routes", before=[SUBNET], after=[DEFAULT, SUBNET]),
+            change('sysctl["net.ipv4.ip_forward"]', before="0", after="1"),
+            change('firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -j MASQUERADE"]', Action.CREATE),
+            change('member.network["8056c2e21c000001"].allow_default', before=False, after=True),
+        ]
+    )
+    assert [(c.provider, c.phase) for c in plan] == [
+        ("firewall", "protect"),
+        ("sysctl", "forward"),
+        ("controller", "announce"),
+        ("member", "members"),
+    ]
+
+
+def test_withdrawing_a_gateway_removes_its_route_first_and_forwarding_last() -> None:
+    plan = order_changes(
+        [
+            change('firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -j MASQUERADE"]', Action.DELETE),
+            change('sysctl["net.ipv4.ip_forward"]', before="1", after="0"),
+            change(f"{NW}.routes", before=[DEFAULT, SUBNET], after=[SUBNET]),
+            change('firewall.ipv4.filter.INPUT["-p tcp --dport 22 -j ACCEPT"]', Action.CREATE),
+        ]
+    )
+    assert [(c.provider, c.phase, c.action.value) for c in plan] == [
+        ("controller", "withdraw", "update"),
+        ("firewall", "protect", "create"),  # the new SSH rule exists before anything goes
+        ("sysctl", "teardown", "update"),
+        ("firewall", "teardown", "delete"),
+    ]
+    assert [name for name, _ in steps(plan)] == ["controller", "firewall", "sysctl", "firewall"]
+
+
+def test_a_moved_default_route_is_announced_not_withdrawn() -> None:
+    moved = {"target": "0.0.0.0/0", "via": "10.6.6.9"}
+    (only,) = order_changes(
+        [change(f"{NW}.routes", before=[DEFAULT, SUBNET], after=[moved, SUBNET])]
+    )
+    assert only.phase == "announce"
