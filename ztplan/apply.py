@@ -40,6 +40,8 @@ class Reporter(Protocol):
 @dataclass(frozen=True)
 class ApplyResult:
     state: StateFile
+    journal: Journal
+    """Kept on disk when the apply awaits confirmation."""
 
 
 def refuse_if_stale(plan: Plan, host: Host, providers: Sequence[Provider]) -> dict[str, Snapshot]:
@@ -98,6 +100,7 @@ def apply_plan(
         snapshots={name: snapshots[name].raw for name, _ in planned},
         steps=[step_name(name, changes) for name, changes in planned],
         confirm_by=confirm_by,
+        previous_state=previous.model_dump_json(indent=2) + "\n" if previous else None,
     )
     write_journal(journal_file, journal)
     touched: list[Provider] = []
@@ -127,7 +130,7 @@ def apply_plan(
     state = write_state(state_dir, previous, plan.target, host.netns, plan.spec, digests)
     if confirm_by is None:
         remove_journal(journal_file)
-    return ApplyResult(state=state)
+    return ApplyResult(state=state, journal=journal)
 
 
 def _rollback(

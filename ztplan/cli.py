@@ -279,9 +279,48 @@ def _confirm() -> bool:
     return answer.strip() == "yes"
 
 
+def _load_plan_file(path: Path) -> Plan:
+    from pydantic import ValidationError
+
+    from ztplan import __version__
+    from ztplan.errors import ZtplanError
+    from ztplan.model import FORMAT_VERSION, Plan
+
+    try:
+        saved = Plan.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError, ValueError) as error:
+        raise ZtplanError(f"{path}: not a ztplan plan file ({error.__class__.__name__})") from None
+    if saved.format_version != FORMAT_VERSION or saved.ztplan_version != __version__:
+        raise ZtplanError(
+            f"{path}: made by ztplan {saved.ztplan_version} (format {saved.format_version}); "
+            f"this is {__version__}",
+            "plan again with this version",
+        )
+    if not saved.spec_text:
+        raise ZtplanError(f"{path}: the plan carries no spec; plan again with -o")
+    return saved
+
+
+def _is_plan_file(spec: str | None) -> bool:
+    return bool(spec) and str(spec).endswith(".json")
+
+
+def _moved(saved: Plan, fresh: Plan) -> list[str]:
+    """Addresses whose change differs between a saved plan and one made now."""
+    old = {c.address: (c.action, c.before) for c in saved.changes}
+    new = {c.address: (c.action, c.before) for c in fresh.changes}
+    return sorted(a for a in old.keys() | new.keys() if old.get(a) != new.get(a))
+
+
 @app.command()
 def apply(
-    spec: SpecArg = None,
+    spec: Annotated[
+        str | None,
+        typer.Argument(
+            help="Spec file (default specs/gateway.yaml), or a plan saved with plan -o (*.json).",
+            show_default=False,
+        ),
+    ] = None,
     repo: RepoOpt = None,
     ref: RefOpt = None,
     netns: NetnsOpt = None,
@@ -292,21 +331,64 @@ def apply(
         bool, typer.Option("--auto-approve", help="Apply without asking.")
     ] = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    confirm_within: Annotated[
+        float,
+        typer.Option(
+            "--confirm-within",
+            help="Revert everything by itself unless `ztplan confirm` (or a keypress here) "
+            "comes within SECONDS; the revert survives this session dying.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Make the changes, in a safe order, under the target's lock."""
     fmt = Format.json if json_ else fmt
 
     def body() -> int:
-        from ztplan.apply import apply_plan, refuse_if_stale
-        from ztplan.errors import ZtplanError
-        from ztplan.lock import lock_path, locked
-        from ztplan.plan import make_plan
-        from ztplan.render.human import HumanReporter
+        import time
 
-        loaded, source, host, providers, previous = _prepare(spec, repo, ref, netns, state_dir)
-        with locked(lock_path(state_dir, loaded.target.name), "apply", lock_timeout):
-            notes = _journal_notes(state_dir, loaded.target.name)
+        from ztplan.apply import apply_plan, refuse_if_stale
+        from ztplan.errors import StalePlan, ZtplanError
+        from ztplan.host import LocalHost
+        from ztplan.lock import lock_path, locked
+        from ztplan.plan import build_providers, make_plan
+        from ztplan.render.human import HumanReporter
+        from ztplan.spec import parse_spec
+        from ztplan.state import read_state
+
+        saved = _load_plan_file(Path(spec)) if spec and _is_plan_file(spec) else None
+        if saved is not None:  # exactly the plan that was reviewed
+            if netns is not None and netns != saved.netns:
+                raise ZtplanError(f"{spec}: the plan is for netns {saved.netns}, not {netns}")
+            loaded = parse_spec(saved.spec_text or "", saved.spec.path)
+            source, host = saved.spec, LocalHost(saved.netns)
+            providers = build_providers(loaded, source.path, state_dir / "cache")
+        else:
+            loaded, source, host, providers, _ = _prepare(spec, repo, ref, netns, state_dir)
+        target = loaded.target.name
+        with locked(lock_path(state_dir, target), "apply", lock_timeout):
+            previous = read_state(state_dir, target)
+            notes = _journal_notes(state_dir, target)
             result, snapshots = make_plan(loaded, source, host, providers, previous, notes)
+            if saved is not None:
+                state_now = (previous.lineage, previous.serial) if previous else (None, None)
+                if (saved.state_lineage, saved.state_serial) != state_now:
+                    raise StalePlan(
+                        f"{spec}: the state moved since the plan was made (serial "
+                        f"{saved.state_serial} -> {state_now[1]}); nothing was applied",
+                        "plan again",
+                    )
+                if any(saved.snapshots.get(n) != d for n, d in result.snapshots.items()):
+                    moved = _moved(saved, result)
+                    shown = ", ".join(moved[:5]) + (
+                        f" and {len(moved) - 5} more" if len(moved) > 5 else ""
+                    )
+                    raise StalePlan(
+                        f"{spec}: the live state changed since the plan was made"
+                        + (f" ({shown})" if moved else "")
+                        + "; nothing was applied",
+                        "plan again and review the new changes",
+                    )
+                result = saved  # the reviewed changes, against the same live state
             _emit(result, fmt)
             if result.errors:
                 raise ZtplanError(
@@ -318,12 +400,13 @@ def apply(
                 return 0
             if not result.has_changes:
                 print("Recording the state an interrupted apply left unrecorded.", file=sys.stderr)
-            elif not auto_approve:
+            elif not auto_approve and saved is None:
                 if not _confirm():
                     print("Apply cancelled; nothing was changed.", file=sys.stderr)
                     return 1
                 # Time passed while we asked: apply only what was approved.
                 snapshots = refuse_if_stale(result, host, providers)
+            confirm_by = time.time() + confirm_within if confirm_within > 0 else None
             done = apply_plan(
                 result,
                 snapshots,
@@ -334,11 +417,101 @@ def apply(
                 previous,
                 result.desired,
                 spec_text=loaded._text,
+                confirm_by=confirm_by,
             )
+            if confirm_by is not None:
+                from ztplan.revert import arm_reverter
+
+                arm_reverter(state_dir, target, done.journal)
         print(f"Apply complete. State serial {done.state.serial} written.", file=sys.stderr)
+        if confirm_by is not None:  # the lock is released: the reverter may need it
+            return _await_confirmation(state_dir, target, confirm_by)
         return 0
 
     _guard(fmt is Format.json, body)
+
+
+def _await_confirmation(state_dir: Path, target: str, confirm_by: float) -> int:
+    """At a terminal, a line typed before the deadline confirms; otherwise say how to."""
+    import select
+    import time
+
+    from ztplan.revert import confirm
+
+    left = int(confirm_by - time.time())
+    how = f"ztplan confirm --target-name {target} --state-dir {state_dir}"
+    if not sys.stdin.isatty():
+        print(
+            f"Not confirmed yet: run `{how}` within {left} s, or the changes are reverted.",
+            file=sys.stderr,
+        )
+        return 0
+    print(
+        f"Press Enter within {left} s to keep these changes (or run `{how}`); "
+        "otherwise they are reverted.",
+        file=sys.stderr,
+    )
+    ready, _, _ = select.select([sys.stdin], [], [], max(confirm_by - time.time(), 0))
+    if ready and sys.stdin.readline():
+        confirm(state_dir, target)
+        print("Confirmed: the changes stay.", file=sys.stderr)
+        return 0
+    print("No confirmation: the changes are being reverted.", file=sys.stderr)
+    return 1
+
+
+@app.command("confirm")
+def confirm_cmd(
+    target: Annotated[
+        str | None,
+        typer.Option("--target-name", help="The target (default: the only one waiting)."),
+    ] = None,
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """Keep an apply made with --confirm-within (before its deadline)."""
+
+    def body() -> int:
+        from ztplan.errors import ZtplanError
+        from ztplan.revert import confirm
+
+        names = (
+            [target]
+            if target
+            else sorted(
+                p.name.removesuffix(".journal.json") for p in state_dir.glob("*.journal.json")
+            )
+        )
+        if len(names) != 1:
+            raise ZtplanError(
+                f"{state_dir}: {'no apply is' if not names else 'several applies are'} "
+                "waiting for confirmation",
+                "name one with --target-name" if names else None,
+            )
+        confirm(state_dir, names[0])
+        print(f"Confirmed: the last apply of {names[0]} stays.")
+        return 0
+
+    _guard(False, body)
+
+
+@app.command("revert-at-deadline", hidden=True)
+def revert_at_deadline(
+    state_dir: Annotated[Path, typer.Option("--state-dir")],
+    target: Annotated[str, typer.Option("--target-name")],
+    journal_id: Annotated[str, typer.Option("--journal-id")],
+) -> None:
+    """The detached reverter started by apply --confirm-within (not for people)."""
+
+    def body() -> int:
+        import time
+
+        from ztplan.revert import run_reverter
+
+        outcome = run_reverter(state_dir, target, journal_id)
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {target}: {outcome}")
+        return 0
+
+    _guard(False, body)
 
 
 @app.command()

@@ -43,6 +43,9 @@ class Journal(BaseModel):
     confirm_by: float | None = Field(
         default=None, description="Unix time after which an unconfirmed apply is reverted."
     )
+    previous_state: str | None = Field(
+        default=None, description="The state file before this apply (a revert puts it back)."
+    )
 
     def summary(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.started))

@@ -155,8 +155,17 @@ class Plan(_Frozen):
         description="Desired value of every resource the spec manages (apply needs a chain's "
         "whole order to place one rule, and records these digests as the new state).",
     )
-    state_lineage: str | None = None
-    state_serial: int | None = None
+    state_lineage: str | None = Field(
+        default=None, description="Lineage of the state the plan was made against."
+    )
+    state_serial: int | None = Field(
+        default=None, description="Serial of that state: a saved plan is stale once it moved."
+    )
+    spec_text: str | None = Field(
+        default=None,
+        description="The spec itself (no secrets: tokens come from the environment), so a "
+        "saved plan can be applied exactly, whatever the spec file says by then.",
+    )
 
     @property
     def has_changes(self) -> bool:

@@ -106,5 +106,6 @@ def make_plan(
         desired=desired_values,
         state_lineage=state.lineage if state else None,
         state_serial=state.serial if state else None,
+        spec_text=spec._text or None,
     )
     return plan, snapshots

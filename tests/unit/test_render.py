@@ -143,6 +143,7 @@ def test_the_json_plan_reads_back_as_the_same_plan() -> None:
         "desired",
         "state_lineage",
         "state_serial",
+        "spec_text",
     ]
 
 
