@@ -82,12 +82,14 @@ def apply_plan(
     managed: Mapping[Address, JsonValue],
     spec_text: str = "",
     confirm_by: float | None = None,
+    carried: Mapping[Address, str] | None = None,
 ) -> ApplyResult:
     """Apply `plan` (made from `snapshots`, which must be current) and record `managed`,
     the desired value of every resource the spec manages, as the new state.
 
     A journal in `state_dir` follows the steps (crash recovery); with `confirm_by` it is
     kept after success, for the revert that happens unless `ztplan confirm` comes first.
+    `carried`: digests of resources this (partial, --target) apply leaves as they were.
     """
     by_name = {p.name: p for p in providers}
     planned = [(name, changes) for name, changes in steps(plan.changes)]
@@ -126,7 +128,8 @@ def apply_plan(
     _crash_point("state")
     # Each step is a transaction that either took whole or raised (and the controller and
     # member steps re-read what they wrote), so what the spec asks is now what is live.
-    digests = {address: digest_of(value) for address, value in managed.items()}
+    digests = dict(carried or {})
+    digests.update((address, digest_of(value)) for address, value in managed.items())
     state = write_state(state_dir, previous, plan.target, host.netns, plan.spec, digests)
     if confirm_by is None:
         remove_journal(journal_file)

@@ -66,6 +66,14 @@ StateDirOpt = Annotated[
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", help="Output format.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
+TargetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        help="Only this resource address (or prefix, e.g. firewall.ipv4) and what it depends "
+        "on; repeatable. The plan says it is partial.",
+    ),
+]
 LockTimeoutOpt = Annotated[
     float,
     typer.Option(
@@ -234,6 +242,7 @@ def plan(
         Path | None, typer.Option("-o", "--out", help="Also save the plan (JSON).")
     ] = None,
     lock_timeout: LockTimeoutOpt = 0.0,
+    target: TargetOpt = None,
 ) -> None:
     """Show what apply would change."""
     fmt = Format.json if json_ else fmt
@@ -253,7 +262,9 @@ def plan(
         )
         with guard:
             notes = _journal_notes(state_dir, loaded.target.name)
-            result, _ = make_plan(loaded, source, host, providers, previous, notes)
+            result, _ = make_plan(
+                loaded, source, host, providers, previous, notes, targets=target or ()
+            )
             if out:
                 from ztplan.render.jsonplan import render_json
 
@@ -339,6 +350,7 @@ def apply(
             "comes within SECONDS; the revert survives this session dying.",
         ),
     ] = 0.0,
+    target: TargetOpt = None,
 ) -> None:
     """Make the changes, in a safe order, under the target's lock."""
     fmt = Format.json if json_ else fmt
@@ -364,11 +376,14 @@ def apply(
             providers = build_providers(loaded, source.path, state_dir / "cache")
         else:
             loaded, source, host, providers, _ = _prepare(spec, repo, ref, netns, state_dir)
-        target = loaded.target.name
-        with locked(lock_path(state_dir, target), "apply", lock_timeout):
-            previous = read_state(state_dir, target)
-            notes = _journal_notes(state_dir, target)
-            result, snapshots = make_plan(loaded, source, host, providers, previous, notes)
+        target_name = loaded.target.name
+        with locked(lock_path(state_dir, target_name), "apply", lock_timeout):
+            previous = read_state(state_dir, target_name)
+            notes = _journal_notes(state_dir, target_name)
+            targets = target or ()
+            result, snapshots = make_plan(
+                loaded, source, host, providers, previous, notes, targets=targets
+            )
             if saved is not None:
                 state_now = (previous.lineage, previous.serial) if previous else (None, None)
                 if (saved.state_lineage, saved.state_serial) != state_now:
@@ -407,6 +422,11 @@ def apply(
                 # Time passed while we asked: apply only what was approved.
                 snapshots = refuse_if_stale(result, host, providers)
             confirm_by = time.time() + confirm_within if confirm_within > 0 else None
+            managed, carried = result.desired, None
+            if any(f.address == "target" for f in result.findings):  # a partial apply
+                touched = {c.address for c in result.changes}
+                managed = {a: v for a, v in result.desired.items() if a in touched}
+                carried = previous.resources if previous else {}
             done = apply_plan(
                 result,
                 snapshots,
@@ -415,17 +435,18 @@ def apply(
                 HumanReporter(_color()),
                 state_dir,
                 previous,
-                result.desired,
+                managed,
                 spec_text=loaded._text,
                 confirm_by=confirm_by,
+                carried=carried,
             )
             if confirm_by is not None:
                 from ztplan.revert import arm_reverter
 
-                arm_reverter(state_dir, target, done.journal)
+                arm_reverter(state_dir, target_name, done.journal)
         print(f"Apply complete. State serial {done.state.serial} written.", file=sys.stderr)
         if confirm_by is not None:  # the lock is released: the reverter may need it
-            return _await_confirmation(state_dir, target, confirm_by)
+            return _await_confirmation(state_dir, target_name, confirm_by)
         return 0
 
     _guard(fmt is Format.json, body)

@@ -320,3 +320,36 @@ def test_a_change_while_asking_refuses_the_apply(tmp_path: Path, spec: Path, net
         "(run plan again and review the new changes)"
     )
     assert full_dump(netns) == before
+
+
+@needs_netns
+def test_target_limits_plan_and_apply_and_says_so(tmp_path: Path, spec: Path, netns: str) -> None:
+    done = ztplan("plan", str(spec), "--netns", netns, "--target", "sysctl", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (
+        "Warning: target: partial plan: 2 of 10 change(s), for sysctl and what they depend on"
+        in done.stdout
+    )
+    assert "firewall" not in done.stdout.split("in this order:")[1]
+    assert (
+        ztplan(
+            "apply",
+            str(spec),
+            "--netns",
+            netns,
+            "--target",
+            "sysctl",
+            "--auto-approve",
+            cwd=tmp_path,
+        ).returncode
+        == 0
+    )
+    assert sh(netns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
+    assert "SNAT" not in full_dump(netns)
+    state = json.loads((tmp_path / "state" / "gw.json").read_text())
+    assert sorted(state["resources"]) == [
+        'sysctl["net.ipv4.ip_forward"]',
+        'sysctl["net.ipv6.conf.all.forwarding"]',
+    ]
+    rest = ztplan("plan", str(spec), "--netns", netns, "--detailed-exitcode", cwd=tmp_path)
+    assert rest.returncode == 2 and "Plan: 6 to add, 2 to change, 0 to destroy." in rest.stdout

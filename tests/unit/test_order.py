@@ -61,3 +61,25 @@ def test_a_moved_default_route_is_announced_not_withdrawn() -> None:
         [change(f"{NW}.routes", before=[DEFAULT, SUBNET], after=[moved, SUBNET])]
     )
     assert only.phase == "announce"
+
+
+def test_target_keeps_what_the_targeted_change_depends_on() -> None:
+    from ztplan.plan import restrict
+
+    plan = order_changes(
+        [
+            change(f"{NW}.routes", before=[SUBNET], after=[DEFAULT, SUBNET]),
+            change(f"{NW}.ip_pools", before=[], after=[{"start": "10.6.4.1", "end": "10.6.7.254"}]),
+            change('sysctl["net.ipv4.ip_forward"]', before="0", after="1"),
+            change('firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -j MASQUERADE"]', Action.CREATE),
+            change('member.network["8056c2e21c000001"].allow_default', before=False, after=True),
+        ]
+    )
+    announced = restrict(plan, [f"{NW}.routes"])
+    assert [c.address for c in announced] == [
+        'firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -j MASQUERADE"]',
+        'sysctl["net.ipv4.ip_forward"]',
+        f"{NW}.routes",
+    ]
+    assert [c.address for c in restrict(plan, ["sysctl"])] == ['sysctl["net.ipv4.ip_forward"]']
+    assert [c.address for c in restrict(plan, ["firewall.ipv6"])] == []
