@@ -483,3 +483,47 @@ def test_the_shorthand_and_the_written_out_guide_plan_alike(
             plans.append(plan.model_dump(include={"changes", "findings", "desired", "unmanaged"}))
     assert len(plans[0]["changes"]) == 12
     assert plans[0] == plans[1]
+
+
+def test_withdrawing_a_gateway_removes_its_route_before_its_nat(
+    netns: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ztplan.testing.emulator import ControllerEmulator
+
+    nwid = "8056c2e21c000001"
+    up = GATEWAY + (
+        "controller: {kind: local, token_env: ZT_TOKEN}\n"
+        f"networks:\n  - id: '{nwid}'\n    routes:\n"
+        "      - {target: 10.6.4.0/22}\n      - {target: 0.0.0.0/0, via: 10.6.6.2}\n"
+    )
+    down = (
+        up.replace('        - "-s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7"\n', "")
+        .replace("net.ipv4.ip_forward: 1", "net.ipv4.ip_forward: 0")
+        .replace("      - {target: 0.0.0.0/0, via: 10.6.6.2}\n", "")
+    )
+    with ControllerEmulator(token="tk") as emulator:
+        emulator.add_network(nwid)
+        monkeypatch.setenv("ZTPLAN_CONTROLLER_URL", emulator.url)
+        monkeypatch.setenv("ZT_TOKEN", "tk")
+        run_for(netns, state_dir, up).apply()
+
+        seen: list[tuple[str, bool, bool]] = []  # (step, default route on, NAT in place)
+
+        class Watching(Silent):
+            def step_started(self, provider: str, changes: object) -> None:
+                routes = emulator.network(nwid)["routes"]
+                default = any(r["target"] == "0.0.0.0/0" for r in routes)
+                nat = any("SNAT" in r for r in rules_of(netns, "ipv4", "nat"))
+                seen.append((provider, default, nat))
+
+        run = run_for(netns, state_dir, down)
+        plan, snapshots = run.plan()
+        apply_plan(
+            plan, snapshots, run.host, run.providers(), Watching(), state_dir, None, plan.desired
+        )
+        assert seen == [
+            ("controller", True, True),  # the route goes first, while the NAT still works
+            ("sysctl", False, True),
+            ("firewall", False, True),  # the NAT goes last, when no member uses it
+        ]
+        assert run.plan()[0].changes == []
