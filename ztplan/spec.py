@@ -20,12 +20,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from ztplan.errors import SpecError
 
@@ -125,19 +128,35 @@ class _Model(BaseModel):
 
 
 class Target(_Model):
+    """The host this spec configures. One target is one host plus the ZeroTier networks it
+    serves."""
+
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
-        description="Name of this target (host); names its state and lock files.",
+        description="Name of this target, e.g. the gateway's hostname: letters, digits, "
+        "`_ . -`, up to 63 characters. It names the state and lock files "
+        "(`state/<name>.json`, `state/<name>.lock`), so each host needs its own name; renaming "
+        "a target starts a new state.",
     )
 
 
 class ChainSpec(_Model):
-    """A chain written as a mapping, for options beyond the rule list."""
+    """A chain written as a mapping instead of a plain rule list, for options beyond the
+    rules: `{rules: [...], exclusive: true}`."""
 
-    rules: list[Rule] = Field(default_factory=list, description="Rules in order, as iptables args.")
+    rules: list[Rule] = Field(
+        default_factory=list,
+        description="The chain's rules in order, each written as iptables arguments without "
+        "`-A CHAIN` (e.g. `-i zt+ -s 10.6.4.0/22 -j ACCEPT`); each rule once. ztplan tags the "
+        "rules it writes `-m comment --comment ztplan` and keeps this order; rules of other "
+        "tools in the chain keep their places.",
+        json_schema_extra={"uniqueItems": True},
+    )
     exclusive: bool = Field(
         default=False,
-        description="ztplan owns the whole chain: foreign rules in it are deleted.",
+        description="`true`: ztplan owns the whole chain, and rules it did not write (Docker, "
+        "fail2ban, a human) are deleted from it, like Puppet's purge. `false`: such rules are "
+        "listed in the plan as unmanaged and left alone.",
     )
 
     @field_validator("rules")
@@ -151,16 +170,27 @@ class ChainSpec(_Model):
         return rules
 
 
+_BUILTIN_CHAINS = list(dict.fromkeys(chain for chains in TABLES.values() for chain in chains))
+
+
 class Table(_Model):
-    """One iptables table: `policy` for built-in chains, then one key per chain."""
+    """One iptables table: `policy` for its built-in chains, then one key per chain
+    (built-in, like `FORWARD`, or a user chain, like `ZT-IN`), each a list of rules or a
+    `{rules, exclusive}` mapping. A user chain is created when missing; a chain not written
+    here is left as it is."""
 
     policy: dict[ChainName, Literal["ACCEPT", "DROP"]] = Field(
-        default_factory=dict, description="Policy of built-in chains (ACCEPT or DROP)."
+        default_factory=dict,
+        description="Default policy of built-in chains: chain -> `ACCEPT` or `DROP` (e.g. "
+        "`{FORWARD: DROP}`, what a packet meets when no rule decides). Only the built-in chains "
+        "of the table have one ("
+        + "; ".join(f"{table}: {' '.join(chains)}" for table, chains in TABLES.items())
+        + "). A chain not listed keeps its live policy.",
     )
     chains: dict[ChainName, ChainSpec] = Field(
         default_factory=dict,
-        description="Chain name -> its rules (a list, or {rules, exclusive}); written as keys "
-        "of the table beside `policy`.",
+        description="The table's chains, chain name -> rules. Written as keys of the table "
+        "beside `policy` (not under a `chains:` key): a list of rules, or `{rules, exclusive}`.",
     )
 
     @model_validator(mode="before")
@@ -178,70 +208,209 @@ class Table(_Model):
             out["policy"] = data["policy"]
         return out
 
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The table as it is written (what `_split_chains` reads), not as it is stored:
+        chains are keys beside `policy`, each a rule list or a ChainSpec mapping; policy
+        keys are built-in chain names. Schema only: validation is unchanged."""
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        chains = schema["properties"].pop("chains")
+        chain_spec = chains["patternProperties"][_CHAIN_RE]
+        rules = handler.resolve_ref_schema(chain_spec)["properties"]["rules"]
+        policy = schema["properties"]["policy"]
+        policy["additionalProperties"] = policy.pop("patternProperties")[_CHAIN_RE]
+        policy["propertyNames"] = {"enum": _BUILTIN_CHAINS}
+        schema["propertyNames"] = {"pattern": _CHAIN_RE, "not": {"const": "chains"}}
+        schema["additionalProperties"] = {
+            "description": "A chain of the table, named by its key (built-in like `FORWARD`, "
+            "or a user chain like `ZT-IN`: up to 28 letters, digits, `_` or `-`): its rules as "
+            "a list, or `{rules: [...], exclusive: true}`.",
+            "oneOf": [
+                {k: v for k, v in rules.items() if k not in ("default", "title")},
+                chain_spec,
+            ],
+        }
+        return schema
+
 
 class Family(_Model):
-    filter: Table | None = None
-    nat: Table | None = None
-    mangle: Table | None = None
-    raw: Table | None = None
-    security: Table | None = None
+    """The tables of one address family. A table not written here is not managed."""
+
+    filter: Table | None = Field(
+        default=None,
+        description="The `filter` table: what is forwarded, accepted or dropped (INPUT, "
+        "FORWARD, OUTPUT). The exit gateway's IPv6 firewall lives in its FORWARD chain.",
+    )
+    nat: Table | None = Field(
+        default=None,
+        description="The `nat` table: address translation. The exit gateway's SNAT or "
+        "MASQUERADE of the ZeroTier subnet to its public address lives in POSTROUTING.",
+    )
+    mangle: Table | None = Field(
+        default=None,
+        description="The `mangle` table: changes to packets (marks, TOS, TTL, TCP MSS "
+        "clamping for the ZeroTier MTU).",
+    )
+    raw: Table | None = Field(
+        default=None,
+        description="The `raw` table: runs before connection tracking (e.g. `-j CT --notrack`).",
+    )
+    security: Table | None = Field(
+        default=None,
+        description="The `security` table: SELinux security marks (rarely used).",
+    )
 
     def tables(self) -> dict[str, Table]:
         return {name: t for name in TABLES if (t := getattr(self, name)) is not None}
 
 
 class Firewall(_Model):
-    ipv4: Family | None = Field(default=None, description="iptables (IPv4) tables.")
-    ipv6: Family | None = Field(default=None, description="ip6tables (IPv6) tables.")
+    """iptables and ip6tables: policies and rules, by family and table. Rules ztplan writes
+    carry `-m comment --comment ztplan`, and only those are changed or deleted (all rules in
+    an `exclusive` chain). Each family is applied as one `iptables-restore --noflush`
+    transaction, rolled back as a whole on failure."""
+
+    ipv4: Family | None = Field(
+        default=None,
+        description="IPv4 tables (iptables). Not set: the IPv4 firewall is not managed.",
+    )
+    ipv6: Family | None = Field(
+        default=None,
+        description="IPv6 tables (ip6tables). Not set: the IPv6 firewall is not managed.",
+    )
 
 
 class Controller(_Model):
+    """The network controller that holds the networks under `networks:`, and how to reach its
+    API. The token is never written in the spec: it is read from an environment variable or
+    a file, and never appears in output, plans or state."""
+
     kind: Literal["central", "local"] = Field(
-        description="ZeroTier Central or a self-hosted controller."
+        description="`central`: ZeroTier Central (my.zerotier.com). `local`: a self-hosted "
+        "controller (zerotier-one's own controller API). Decides the API paths, how the token "
+        "is sent, and the defaults of `url`, `token_env` and `token_file`."
     )
-    url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", description="API base URL.")
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL of the controller's API, http:// or https://. Not set: "
+        "`https://api.zerotier.com/api/v1` for central, `http://127.0.0.1:9993` for local. "
+        "The environment variable ZTPLAN_CONTROLLER_URL overrides it (staging, the sandbox).",
+    )
     token_env: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Environment variable holding the API token.",
+        description="Name of the environment variable holding the API token. Not set (and "
+        "no `token_file`): ZEROTIER_CENTRAL_TOKEN for central. Wins over `token_file`.",
     )
-    token_file: str | None = Field(default=None, description="File holding the API token.")
+    token_file: str | None = Field(
+        default=None,
+        description="Path of a file holding the API token, used when `token_env` is not set. "
+        "Not set (and no `token_env`): /var/lib/zerotier-one/authtoken.secret for local "
+        "(readable by root only).",
+    )
 
 
 class Route(_Model):
-    target: IpNetwork = Field(description="Destination network, with prefix length.")
-    via: IpAddress | None = Field(default=None, description="Gateway address; none = on-link.")
+    """A managed route: the controller pushes it to every member of the network."""
+
+    target: IpNetwork = Field(
+        description="Destination network with its prefix length, host bits zero: the "
+        "network's own subnet (`10.6.4.0/22`, on-link), the default route (`0.0.0.0/0`, via "
+        "the gateway) or the members' IPv6 prefix."
+    )
+    via: IpAddress | None = Field(
+        default=None,
+        description="Next hop: the ZeroTier address of the member that routes the "
+        "destination. For an exit gateway's default route, the gateway's own address on this "
+        "network. It must lie inside another route of the network. Not set: on-link, reached "
+        "directly over the ZeroTier network.",
+    )
 
 
 class Pool(_Model):
-    start: IpAddress = Field(description="First address handed out.")
-    end: IpAddress = Field(description="Last address handed out.")
+    """A range of addresses the controller assigns to members, both ends included."""
+
+    start: IpAddress = Field(description="First address of the range, e.g. `10.6.4.1`.")
+    end: IpAddress = Field(
+        description="Last address of the range, included, e.g. `10.6.7.254`; the same "
+        "family as `start`."
+    )
 
 
 class V4AssignMode(_Model):
-    zt: bool = Field(description="Assign IPv4 addresses from the pools.")
+    """How members get IPv4 addresses (the controller's `v4AssignMode`)."""
+
+    zt: bool = Field(
+        description="`true`: give each new member an IPv4 address from the network's "
+        "`ip_pools`. `false`: members get IPv4 addresses only where they are set by hand."
+    )
 
 
 class V6AssignMode(_Model):
-    """All three are always sent: the controller replaces the object whole."""
+    """How members get IPv6 addresses (the controller's `v6AssignMode`). All three flags are
+    always sent, because the controller replaces the object whole: a flag not written is
+    `false`."""
 
-    zt: bool = Field(default=False, description="Assign IPv6 addresses from the pools.")
-    rfc4193: bool = Field(default=False, description="An RFC 4193 address per member.")
-    sixplane: bool = Field(default=False, alias="6plane", description="A 6PLANE /80 per member.")
+    zt: bool = Field(
+        default=False,
+        description="Give each new member an IPv6 address from the network's IPv6 `ip_pools`.",
+    )
+    rfc4193: bool = Field(
+        default=False,
+        description="Give each member an RFC 4193 (unique local, fd00::/8) /128 address "
+        "computed from the network id and its node id.",
+    )
+    sixplane: bool = Field(
+        default=False,
+        alias="6plane",
+        description="Give each member a 6PLANE /80 computed from the network id and its node "
+        "id (room for containers or VMs behind it). Written `6plane`.",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class Network(_Model):
-    id: NetworkId = Field(description="ZeroTier network id (16 lowercase hex digits).")
-    routes: list[Route] | None = Field(default=None, description="Managed routes.")
-    ip_pools: list[Pool] | None = Field(default=None, description="IP assignment pools.")
-    v4_assign_mode: V4AssignMode | None = Field(default=None, description="IPv4 auto-assign.")
-    v6_assign_mode: V6AssignMode | None = Field(default=None, description="IPv6 auto-assign.")
+    """One ZeroTier network whose settings ztplan manages on the controller. A field not
+    written is not managed: the controller keeps what it has. ztplan never creates
+    networks."""
+
+    id: NetworkId = Field(
+        description="ZeroTier network id: 16 lowercase hex digits (the first 10 are the "
+        "controller's node id). The network must exist on the controller."
+    )
+    routes: list[Route] | None = Field(
+        default=None,
+        description="The network's managed routes, as a whole list (compared sorted: the "
+        "order does not matter). An exit gateway needs the subnet (on-link), `0.0.0.0/0` via "
+        "its ZeroTier address and, for routed IPv6, the members' prefix. Not set: routes are "
+        "not managed; `[]`: no routes.",
+    )
+    ip_pools: list[Pool] | None = Field(
+        default=None,
+        description="Address ranges the controller assigns from, as a whole list (compared "
+        "sorted). Not set: pools are not managed; `[]`: no pools.",
+    )
+    v4_assign_mode: V4AssignMode | None = Field(
+        default=None, description="IPv4 auto-assignment. Not set: not managed."
+    )
+    v6_assign_mode: V6AssignMode | None = Field(
+        default=None, description="IPv6 auto-assignment. Not set: not managed."
+    )
 
 
 class NdppdRule(_Model):
-    prefix: IpNetwork = Field(description="IPv6 prefix ndppd answers for.")
+    """One `rule` of an ndppd proxy: the addresses it answers neighbour solicitations for,
+    and how it decides to answer."""
+
+    prefix: IpNetwork = Field(
+        description="IPv6 prefix ndppd answers for, with its length: the part of the routed "
+        "prefix handed to members (the guide's /80, e.g. `2001:19f0:6001:1a6::/80`). It should "
+        "lie inside one of the network's IPv6 routes."
+    )
 
     @field_validator("prefix")
     @classmethod
@@ -252,37 +421,131 @@ class NdppdRule(_Model):
 
     method: str = Field(
         pattern=r"^(static|auto|iface:[A-Za-z0-9_.:@+-]{1,15})$",
-        description="static | auto | iface:<name>",
+        description="How ndppd decides to answer: `static` (always, for every address in the "
+        "prefix: the guide's choice), `iface:<name>` (when the address answers on that "
+        "interface, e.g. `iface:zt0`) or `auto` (when the routing table has a route for it: "
+        "flaky, and the plan warns).",
     )
 
 
 class NdppdProxy(_Model):
-    interface: InterfaceName = Field(description="Interface ndppd listens on (the WAN side).")
-    router: bool | None = None
-    timeout: int | None = Field(default=None, ge=0)
-    ttl: int | None = Field(default=None, ge=0)
-    rules: list[NdppdRule] = Field(default_factory=list)
+    """One `proxy <interface>` block of ndppd.conf: ndppd listens on the interface for
+    neighbour solicitations and answers for the prefixes of its rules. One proxy per
+    interface."""
+
+    interface: InterfaceName = Field(
+        description="Interface ndppd listens on: the WAN side, where the upstream router asks "
+        "for the members' addresses (e.g. `eth0`). Up to 15 characters."
+    )
+    router: bool | None = Field(
+        default=None,
+        description="`router yes|no`: set the router flag in ndppd's neighbour "
+        "advertisements. Not set: nothing is written, so ndppd's own default applies (yes in "
+        "0.2; defaults differ between versions).",
+    )
+    timeout: int | None = Field(
+        default=None,
+        ge=0,
+        description="`timeout`, in milliseconds: how long ndppd waits for an answer on the "
+        "rule's interface before it gives up on a solicitation. Not set: ndppd's default (500).",
+    )
+    ttl: int | None = Field(
+        default=None,
+        ge=0,
+        description="`ttl`, in milliseconds: how long ndppd remembers an answer (or its "
+        "absence). Not set: ndppd's default (30000).",
+    )
+    rules: list[NdppdRule] = Field(
+        default_factory=list,
+        description="The proxy's rules, in order: the order is kept, and a reorder is drift. "
+        "Empty: the proxy answers for nothing.",
+    )
 
 
 class Ndppd(_Model):
-    config: str = Field(default="/etc/ndppd.conf", pattern=r"^/[^\x00-\x1f]*$")
-    pidfile: str | None = Field(default=None, pattern=r"^/[^\x00-\x1f]*$")
-    proxies: list[NdppdProxy] = Field(default_factory=list)
+    """ndppd, the NDP proxy daemon that makes the members' IPv6 addresses reachable from the
+    WAN side. ztplan owns its whole config file, compares it by meaning (comments and spacing
+    are not drift) and restarts the daemon when the meaning changes."""
+
+    config: str = Field(
+        default="/etc/ndppd.conf",
+        pattern=r"^/[^\x00-\x1f]*$",
+        description="Absolute path of the ndppd config file ztplan writes (whole file, "
+        "atomically, mode 0644). With `--netns NAME`, a path under /etc/ is taken under "
+        "/etc/netns/NAME/, the `ip netns exec` convention.",
+    )
+    pidfile: str | None = Field(
+        default=None,
+        pattern=r"^/[^\x00-\x1f]*$",
+        description="Absolute path of ndppd's pid file. Set it where no systemd unit runs "
+        "ndppd (containers, the sandbox): ztplan then runs `ndppd -d -c CONFIG -p PIDFILE` "
+        "itself. Not set: systemd's ndppd.service on a host with systemd; otherwise ztplan "
+        "runs ndppd with /run/ztplan-ndppd.pid (in a namespace /run/ztplan-ndppd-NAME.pid).",
+    )
+    proxies: list[NdppdProxy] = Field(
+        default_factory=list,
+        description="One proxy per interface, usually a single one on the WAN interface. "
+        "Empty: ndppd proxies nothing.",
+    )
 
 
 class MemberNetwork(_Model):
-    id: NetworkId
-    allow_default: bool | None = None
-    allow_managed: bool | None = None
-    allow_global: bool | None = None
-    allow_dns: bool | None = None
+    """The settings of one joined network on this host as a member, what `zerotier-cli set
+    <nwid> allowDefault=1` sets. A flag not written is not managed."""
+
+    id: NetworkId = Field(
+        description="ZeroTier network id (16 lowercase hex digits). The node must have "
+        "joined it: ztplan never joins networks."
+    )
+    allow_default: bool | None = Field(
+        default=None,
+        description="allowDefault: accept a default route pushed by the controller, so all "
+        "traffic goes through the exit gateway. Enable it on one network only; a Linux member "
+        "then also needs `net.ipv4.conf.all.rp_filter: 2` (loose).",
+    )
+    allow_managed: bool | None = Field(
+        default=None,
+        description="allowManaged: accept the addresses and routes the controller assigns "
+        "(ZeroTier's default: true).",
+    )
+    allow_global: bool | None = Field(
+        default=None,
+        description="allowGlobal: accept managed addresses and routes in public (non-private) "
+        "IP space, such as a routed global IPv6 prefix (ZeroTier's default: false).",
+    )
+    allow_dns: bool | None = Field(
+        default=None,
+        description="allowDNS: use the DNS servers and search domain the controller pushes "
+        "(ZeroTier's default: false).",
+    )
 
 
 class Member(_Model):
-    service_url: str = Field(default="http://127.0.0.1:9993", pattern=r"^https?://[^\s]+$")
-    token_file: str | None = None
-    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    networks: list[MemberNetwork] = Field(default_factory=list)
+    """This host as a ZeroTier member (a client of the gateway): flags of the networks it has
+    joined, set through the local ZeroTier service API."""
+
+    service_url: str = Field(
+        default="http://127.0.0.1:9993",
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL of the local zerotier-one service API, http:// or https://. The "
+        "environment variable ZTPLAN_MEMBER_URL overrides it.",
+    )
+    token_file: str | None = Field(
+        default=None,
+        description="Path of a file holding the service's auth token, used when `token_env` "
+        "is not set. Not set: /var/lib/zerotier-one/authtoken.secret (readable by root only). "
+        "ZTPLAN_MEMBER_TOKEN_FILE overrides both.",
+    )
+    token_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the service's auth token. Wins "
+        "over `token_file`.",
+    )
+    networks: list[MemberNetwork] = Field(
+        default_factory=list,
+        description="The joined networks whose flags ztplan sets; each id once.",
+    )
 
 
 def _version(value: str, version: int, what: str) -> str:
@@ -297,29 +560,42 @@ NdpMethod = Annotated[
 
 
 class GatewayNdpProxy(_Model):
+    """The members' IPv6 addresses made reachable from the WAN side: an ndppd proxy on the
+    WAN interface and a controller route for the prefix."""
+
     prefix: IpNetwork = Field(
         description="The part of the IPv6 prefix handed to members (the guide uses a /80), "
         "answered for on the WAN side by ndppd and routed to members by the controller."
     )
     method: NdpMethod = Field(
-        default="static", description="ndppd rule method: static | auto | iface:<name>."
+        default="static",
+        description="The ndppd rule's method: `static`, `iface:<name>` or `auto` (see "
+        "NdppdRule's `method`).",
     )
 
     _v6 = field_validator("prefix")(lambda v: _version(v, 6, "prefix"))
 
 
 class GatewayIPv4(_Model):
-    subnet: IpNetwork = Field(description="The network's IPv4 subnet (its managed route).")
+    """IPv4 for members: the subnet, a default route through this gateway, and NAT of the
+    subnet to the gateway's public address."""
+
+    subnet: IpNetwork = Field(
+        description="The network's IPv4 subnet, e.g. `10.6.4.0/22`: its on-link managed "
+        "route, and the source that is NATed."
+    )
     address: IpAddress = Field(
-        description="This gateway's ZeroTier IPv4 address: the default route's via."
+        description="This gateway's ZeroTier IPv4 address, inside `subnet`: the `via` of the "
+        "default route `0.0.0.0/0` pushed to members."
     )
     nat: str = Field(
-        description="`masquerade` for a dynamic public address, or the static public IPv4 "
-        "address to SNAT to."
+        description="`masquerade` for a dynamic public address (`-o WAN -j MASQUERADE`), or "
+        "the static public IPv4 address to SNAT to (`-j SNAT --to-source ADDRESS`)."
     )
     pool: bool = Field(
         default=True,
-        description="Hand out the whole subnet (less network and broadcast) as the IP pool.",
+        description="Hand out the whole subnet (less network and broadcast) as the IP pool. "
+        "`false`: the pools are not written.",
     )
 
     _v4 = field_validator("subnet", "address")(lambda v: _version(v, 4, "network or address"))
@@ -342,15 +618,23 @@ class GatewayIPv4(_Model):
 
 
 class GatewayIPv6(_Model):
-    prefix: IpNetwork = Field(description="The IPv6 prefix routed to this gateway (e.g. a /64).")
+    """Routed IPv6 for members: forwarding, the IPv6 firewall (FORWARD policy DROP, out from
+    the ZeroTier side, in from the WAN side) and, optionally, ndppd."""
+
+    prefix: IpNetwork = Field(
+        description="The IPv6 prefix routed to this gateway by the provider, e.g. a /64."
+    )
     ndp_proxy: GatewayNdpProxy | None = Field(
         default=None,
-        description="Answer neighbour discovery on the WAN side for members' addresses.",
+        description="Answer neighbour discovery on the WAN side for the members' addresses "
+        "(needed when the provider does not route the prefix but expects it on-link). Not set: "
+        "no ndppd, and members are routed the whole `prefix`.",
     )
     inbound: Literal["open", "stateful"] = Field(
         default="stateful",
-        description="`stateful`: from the Internet only replies reach members (the guide's "
-        "appendix); `open`: all inbound IPv6 to the prefix is forwarded.",
+        description="What the WAN side may send to members' IPv6 addresses. `stateful`: only "
+        "replies to connections members opened (the guide's appendix). `open`: all inbound "
+        "IPv6 to the prefix is forwarded, and members' own firewalls decide.",
     )
 
     _v6 = field_validator("prefix")(lambda v: _version(v, 6, "prefix"))
@@ -365,16 +649,29 @@ class GatewayIPv6(_Model):
 
 
 class Gateway(_Model):
-    """The `gateway:` shorthand (DESIGN §3): the guide's recipe as one declaration, expanded
-    into ordinary resources (`ztplan validate --expand` shows them)."""
+    """The `gateway:` shorthand: the guide's exit gateway for one network as one declaration,
+    expanded into ordinary resources (networks, firewall, sysctl, ndppd; `ztplan validate
+    --expand` prints them). A resource also written out elsewhere in the spec is an error,
+    never a silent merge."""
 
-    network: NetworkId = Field(description="The ZeroTier network this gateway serves.")
-    zerotier_interface: InterfaceName = Field(
-        default="zt+", description="The ZeroTier interface (iptables pattern: zt+ for any)."
+    network: NetworkId = Field(
+        description="The ZeroTier network this gateway serves (16 lowercase hex digits). Its "
+        "routes and pool are generated, so it must not also be under `networks:`."
     )
-    wan_interface: InterfaceName = Field(description="The interface to the Internet.")
-    ipv4: GatewayIPv4 | None = Field(default=None, description="NAT to the Internet for IPv4.")
-    ipv6: GatewayIPv6 | None = Field(default=None, description="Routed IPv6 for members.")
+    zerotier_interface: InterfaceName = Field(
+        default="zt+",
+        description="The ZeroTier interface, as iptables matches it: `zt+` is any interface "
+        "whose name starts with zt.",
+    )
+    wan_interface: InterfaceName = Field(
+        description="The interface to the Internet, e.g. `eth0`: where NAT and ndppd act."
+    )
+    ipv4: GatewayIPv4 | None = Field(
+        default=None, description="IPv4 for members, NATed to the Internet. Not set: no IPv4."
+    )
+    ipv6: GatewayIPv6 | None = Field(
+        default=None, description="Routed IPv6 for members. Not set: no IPv6."
+    )
 
 
 _SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_@:+/-]+)+$")
@@ -402,22 +699,53 @@ SysctlValue = Annotated[int | str, BeforeValidator(_check_sysctl_value)]
 
 
 class Spec(_Model):
-    """A whole spec file."""
+    """A ztplan spec file (`version: 1`): the desired state of one target, an exit gateway
+    (firewall, sysctl, ndppd, controller routes) or a member. A section that is not written
+    is not managed."""
 
     _text: str = PrivateAttr(default="")
     """The YAML it was parsed from, to give the line of a field in later errors."""
 
-    version: Literal[1] = Field(description="Spec format version; only 1 exists.")
-    target: Target
-    controller: Controller | None = None
-    networks: list[Network] = Field(default_factory=list)
-    gateway: Gateway | None = None
-    firewall: Firewall | None = None
-    sysctl: dict[SysctlKey, SysctlValue] = Field(
-        default_factory=dict, description="sysctl key -> value, in the target's namespace."
+    version: Literal[1] = Field(
+        description="Spec format version. Only `1` exists; a new format gets a new number."
     )
-    ndppd: Ndppd | None = None
-    member: Member | None = None
+    target: Target = Field(description="The host this spec describes; names its state and lock.")
+    controller: Controller | None = Field(
+        default=None,
+        description="The network controller of the networks under `networks:` (required "
+        "with them).",
+    )
+    networks: list[Network] = Field(
+        default_factory=list,
+        description="ZeroTier networks whose routes, pools and assign modes ztplan manages on "
+        "the controller; each id once.",
+    )
+    gateway: Gateway | None = Field(
+        default=None,
+        description="The exit gateway for one network as one declaration, expanded into "
+        "`networks`, `firewall`, `sysctl` and `ndppd`.",
+    )
+    firewall: Firewall | None = Field(
+        default=None, description="iptables and ip6tables policies and rules."
+    )
+    sysctl: dict[SysctlKey, SysctlValue] = Field(
+        default_factory=dict,
+        description="Kernel parameters, key -> value, written under /proc/sys of the target's "
+        "network namespace, e.g. `net.ipv4.ip_forward: 1` (forwarding makes a gateway). Values "
+        "are integers or strings: YAML's `yes`/`true` is refused (write 1). A dot inside a name "
+        "(a VLAN interface) is written `/`. Keys not listed are not touched.",
+        json_schema_extra={
+            "propertyNames": {"pattern": _SYSCTL_KEY.pattern, "maxLength": 255},
+        },
+    )
+    ndppd: Ndppd | None = Field(
+        default=None,
+        description="The NDP proxy that answers for the members' IPv6 addresses on the WAN side.",
+    )
+    member: Member | None = Field(
+        default=None,
+        description="This host as a member of ZeroTier networks (a client of a gateway).",
+    )
 
 
 # --- loading -------------------------------------------------------------------------
