@@ -21,9 +21,9 @@ from ztplan.providers.firewall import (
     Table,
     _edit_chain,
     _longest_increasing,
-    _untag,
     parse_save,
     rule_address,
+    untag,
 )
 from ztplan.spec import TABLES, Spec, parse_spec
 
@@ -57,7 +57,7 @@ class CannedNormaliser:
             (family, [tuple(r) for r in rules], {k: set(v) for k, v in chains.items()})
         )
         # The normaliser's answer is untagged (the spellings here are written as saved).
-        return [_untag(self.spellings.get(rule[3], tagged(rule[3]))) for rule in rules]
+        return [untag(self.spellings.get(rule[3], tagged(rule[3]))) for rule in rules]
 
 
 class FakeKernel(ReplayHost):

@@ -35,7 +35,7 @@ from ztplan.host import Host, LocalHost
 from ztplan.model import Action, Address, Change, Finding, Resource, Snapshot
 from ztplan.spec import FAMILIES, TABLES, Spec, format_field, line_of
 
-__all__ = ["TAG", "Firewall", "KernelNormaliser", "parse_save", "rule_address"]
+__all__ = ["TAG", "Firewall", "KernelNormaliser", "is_owned", "parse_save", "rule_address", "untag"]
 
 TAG = "ztplan"
 TAG_ARGS = f"-m comment --comment {TAG}"
@@ -85,11 +85,11 @@ _TAG_MID = " " + TAG_ARGS + " "
 _TAG_TAIL = " " + TAG_ARGS
 
 
-def _is_owned(rule: str) -> bool:
+def is_owned(rule: str) -> bool:
     return _TAG_MID in rule or rule.startswith(_TAG_HEAD) or rule.endswith(_TAG_TAIL)
 
 
-def _untag(rule: str) -> str:
+def untag(rule: str) -> str:
     """The rule without its ownership tag (iptables-save's spelling has single spaces)."""
     if rule.startswith(_TAG_HEAD):
         return rule[len(_TAG_HEAD) :]
@@ -222,7 +222,7 @@ class KernelNormaliser:
             kernel = saved[table].rules[chain]
             index = position.get((table, chain), 0)
             position[(table, chain)] = index + 1
-            result.append(_untag(kernel[index]))
+            result.append(untag(kernel[index]))
         return result
 
     def _raise_bad_rule(
@@ -412,8 +412,8 @@ class Firewall:
                 for chain, chain_rules in table.rules.items():
                     owned: list[JsonValue] = []
                     for rule in chain_rules:
-                        mine = _is_owned(rule)
-                        text = _untag(rule) if mine else rule
+                        mine = is_owned(rule)
+                        text = untag(rule) if mine else rule
                         if mine:
                             owned.append(text)
                         address = rule_address(family, table_name, chain, text, not mine)
@@ -552,8 +552,8 @@ def _edit_chain(
     ones are inserted next to their desired neighbours. Foreign rules stay where they are
     unless purged.
     """
-    mine = [_is_owned(rule) for rule in live]
-    texts = [_untag(rule) if own else rule for rule, own in zip(live, mine, strict=True)]
+    mine = [is_owned(rule) for rule in live]
+    texts = [untag(rule) if own else rule for rule, own in zip(live, mine, strict=True)]
     index = {rule: i for i, rule in enumerate(desired)}
     pairs = [(pos, index[t]) for pos, t in enumerate(texts) if mine[pos] and t in index]
     ranks = [rank for _, rank in pairs]

@@ -47,7 +47,7 @@ def _rule_address(interface: str, prefix: str) -> Address:
     return f'ndppd.proxy["{interface}"].rule["{prefix}"]'
 
 
-def _method(rule: Rule) -> str:
+def rule_method(rule: Rule) -> str:
     return f"iface:{rule.iface}" if rule.method == "iface" else rule.method
 
 
@@ -94,7 +94,7 @@ def _resources(conf: NdppdConf, owned: bool) -> dict[Address, Resource]:
         )
         for rule, prefix in zip(proxy.rules, order, strict=True):
             rule_address = _rule_address(proxy.interface, str(prefix))
-            out[rule_address] = Resource(rule_address, _method(rule), owned=owned)
+            out[rule_address] = Resource(rule_address, rule_method(rule), owned=owned)
     return out
 
 

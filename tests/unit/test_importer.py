@@ -1,0 +1,294 @@
+"""ztplan.importer without a kernel: recorded dumps and files in (a replaying host), the
+imported spec out; the imported spec in, the exact adoption transaction out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import httpx
+import pytest
+
+from tests.unit.fake_host import FIXTURES, ReplayHost
+from ztplan.api import ApiClient
+from ztplan.errors import LiveReadError, ZtplanError
+from ztplan.host import CommandResult
+from ztplan.importer import adopt_rules, import_spec
+from ztplan.providers.firewall import TAG_ARGS, SpecRule
+from ztplan.providers.sysctl import key_path
+from ztplan.spec import Controller, Spec, parse_spec
+
+CASE = FIXTURES / "import" / "docker_gateway"
+SAVES = ("iptables-save", "ip6tables-save")
+SYSCTLS = {
+    "net.ipv4.ip_forward": "1\n",
+    "net.ipv6.conf.all.forwarding": "1\n",
+    "net.ipv4.conf.all.rp_filter": "2\n",
+}
+NWID = "8056c2e21c000001"
+
+
+def dumps(v4: str = "", v6: str = "") -> dict[tuple[str, ...], str | CommandResult]:
+    """What the replaying host answers to `iptables-save` and `ip6tables-save`."""
+    return {("iptables-save",): v4, ("ip6tables-save",): v6}
+
+
+EMPTY_DUMPS = dumps()
+
+
+def docker_gateway(netns: str | None = "gw") -> ReplayHost:
+    """A gateway built by hand on a host that also runs Docker, fail2ban, libvirt, ..."""
+    outputs = dumps(*((CASE / f"{tool}.txt").read_text() for tool in SAVES))
+    files = {key_path(key): value for key, value in SYSCTLS.items()}
+    host = ReplayHost(outputs, files | {"/etc/ndppd.conf": (CASE / "ndppd.conf").read_text()})
+    host.netns = netns
+    return host
+
+
+def body(text: str) -> str:
+    """The import without its first two lines (host name, then the time)."""
+    return text.split("\n", 2)[2]
+
+
+def as_written(family: str, rules: Sequence[SpecRule], chains: Mapping[str, set[str]]) -> list[str]:
+    """A normaliser for rules already in the kernel's spelling (what import writes)."""
+    return [rule for _, _, _, rule, _ in rules]
+
+
+def test_docker_gateway_imports_as_recorded() -> None:
+    text = import_spec(docker_gateway(), target="gw1")
+    assert text.startswith("# Imported by `ztplan import` from host ")
+    assert ", network namespace gw\n# at 20" in text
+    assert body(text) == (CASE / "expected.yaml").read_text()
+
+
+def test_import_is_a_valid_spec_without_other_tools_rules() -> None:
+    spec = parse_spec(import_spec(docker_gateway(), target="gw1"), "imported.yaml")
+    assert spec.firewall is not None and spec.firewall.ipv4 and spec.firewall.ipv6
+    v4, v6 = spec.firewall.ipv4, spec.firewall.ipv6
+    assert v4.filter and v4.nat and v4.mangle and v6.filter
+    assert v4.raw is None  # a table with nothing in it is not written
+    assert v4.filter.policy == {"FORWARD": "DROP"} and v6.filter.policy == {"FORWARD": "DROP"}
+    assert list(v4.filter.chains) == ["INPUT", "FORWARD", "ZT-IN"]  # no EMPTY-CHAIN either
+    assert v4.filter.chains["FORWARD"].rules == [
+        "-s 10.6.4.0/22 -i zt+ -j ACCEPT",  # was tagged: written untagged
+        "-d 10.6.4.0/22 -i eth0 -m state --state RELATED,ESTABLISHED -j ACCEPT",
+    ]
+    assert v4.nat.chains["POSTROUTING"].rules == [
+        "-s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN",
+        "-s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7",
+    ]
+    assert v6.filter.chains["FORWARD"].rules == [  # the tagged twin is there once
+        "-s 2001:19f0:6001:1a6::/64 -i zt+ -j ACCEPT",
+        "-d 2001:19f0:6001:1a6::/64 -i eth0 -j ACCEPT",
+    ]
+    assert spec.sysctl == {
+        "net.ipv4.ip_forward": 1,
+        "net.ipv6.conf.all.forwarding": 1,
+        "net.ipv4.conf.all.rp_filter": 2,
+    }
+    assert spec.ndppd is not None
+    assert spec.ndppd.model_dump(exclude_none=True) == {
+        "config": "/etc/ndppd.conf",
+        "proxies": [
+            {
+                "interface": "eth0",
+                "router": False,
+                "timeout": 500,
+                "rules": [
+                    {"prefix": "2001:19f0:6001:1a6::/80", "method": "static"},
+                    {"prefix": "2001:19f0:6001:1a6:1::/80", "method": "iface:zt0"},
+                ],
+            }
+        ],
+    }
+
+
+def test_other_tools_rules_are_named_in_the_header_and_absent_below() -> None:
+    text = import_spec(docker_gateway(), target="gw1")
+    header, spec_text = text.split("\nversion: 1\n")
+    for line in (
+        "#   ipv4 filter FORWARD: -j DOCKER-USER  (jumps to DOCKER-USER: Docker)",
+        "#   ipv4 filter FORWARD: -i docker0 ! -o docker0 -j ACCEPT  (Docker's interface docker0)",
+        "#   ipv4 filter FORWARD: -o br-0123456789ab -j DOCKER  (jumps to DOCKER: Docker)",
+        "#   ipv4 filter DOCKER-ISOLATION-STAGE-1: whole chain, 2 rule(s) (Docker)",
+        "#   ipv4 filter f2b-sshd: whole chain, 2 rule(s) (fail2ban)",
+        "#   ipv4 filter LOG-BANNED: whole chain, 2 rule(s) (reached only from rules left out)",
+        "#   ipv4 nat PREROUTING: -m addrtype --dst-type LOCAL -j DOCKER  "
+        "(jumps to DOCKER: Docker)",
+        "#   ipv4 nat POSTROUTING: -s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 "
+        "-j MASQUERADE  (Docker's NAT for a published port)",
+    ):
+        assert line in header.splitlines()
+    for foreign in (
+        "DOCKER",
+        "docker0",
+        "f2b-",
+        "KUBE-",
+        "LIBVIRT_",
+        "ufw-",
+        "LOG-BANNED",
+        TAG_ARGS,
+    ):
+        assert foreign not in spec_text
+    assert "# Not ztplan's yet: 9 rule(s) lack the tag" in header
+    assert "#   ndppd: keepalive, route-ttl in /etc/ndppd.conf: no spec field" in header
+
+
+def test_import_twice_is_the_same_text_apart_from_the_time() -> None:
+    first, second = (import_spec(docker_gateway(), target="gw1").splitlines() for _ in "12")
+    assert first[1].startswith("# at ") and second[1].startswith("# at ")
+    assert first[:1] + first[2:] == second[:1] + second[2:]
+
+
+def test_sysctls_the_namespace_lacks_are_skipped_and_rp_filter_0_is_the_default() -> None:
+    host = ReplayHost(
+        EMPTY_DUMPS,
+        {key_path("net.ipv4.ip_forward"): "0\n", key_path("net.ipv4.conf.all.rp_filter"): "0\n"},
+    )
+    spec = parse_spec(import_spec(host, target="gw1"), "s.yaml")
+    assert spec.sysctl == {"net.ipv4.ip_forward": 0}
+    assert spec.firewall is None and spec.ndppd is None  # no rules, no ndppd.conf
+
+
+def test_an_ndppd_conf_ndppd_would_misread_is_an_error_with_its_line() -> None:
+    host = ReplayHost(EMPTY_DUMPS, {"/etc/ndppd.conf": "proxy eth0 {\n    router yes;\n}\n"})
+    with pytest.raises(LiveReadError, match=r"/etc/ndppd.conf: line 2: 'router' needs yes/no"):
+        import_spec(host, target="gw1")
+
+
+def test_ndppd_pidfile_is_written_when_given() -> None:
+    spec = parse_spec(
+        import_spec(docker_gateway(), target="gw1", ndppd_pidfile="/run/ndppd-gw.pid"), "s"
+    )
+    assert spec.ndppd is not None and spec.ndppd.pidfile == "/run/ndppd-gw.pid"
+
+
+def test_a_failing_save_is_a_live_read_error() -> None:
+    failed = CommandResult(("iptables-save",), 1, "", "iptables-save: Permission denied")
+    host = ReplayHost({("iptables-save",): failed, ("ip6tables-save",): ""})
+    with pytest.raises(LiveReadError, match="iptables-save failed: iptables-save: Permission"):
+        import_spec(host, target="gw1")
+
+
+def test_rules_and_chains_a_spec_cannot_hold_are_left_out() -> None:
+    dump = (
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        ':policy - [0:0]\n-A INPUT -j policy\n-A INPUT -m comment --comment "-F" -j ACCEPT\n'
+        "-A policy -j ACCEPT\nCOMMIT\n"
+    )
+    text = import_spec(ReplayHost(dumps(dump)), target="g")
+    assert (
+        "#   ipv4 filter policy: whole chain, 1 rule(s) (a chain name a spec cannot hold)" in text
+    )
+    assert "#   ipv4 filter INPUT: -j policy  (jumps to policy: a chain name" in text
+    assert '#   ipv4 filter INPUT: -m comment --comment "-F" -j ACCEPT  (cannot be written' in text
+    assert "firewall" not in body(text)
+
+
+def test_controller_networks_are_read_and_no_token_is_written() -> None:
+    network = {
+        "id": NWID,
+        "routes": [
+            {"target": "10.6.4.0/22", "via": None},
+            {"target": "0.0.0.0/0", "via": "10.6.6.2"},
+        ],
+        "ipAssignmentPools": [{"ipRangeStart": "10.6.4.1", "ipRangeEnd": "10.6.7.254"}],
+    }
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        return httpx.Response(200, json=network)
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        api = ApiClient("http://ctl", {"X-ZT1-Auth": "s3cret"}, client, sleep=lambda s: None)
+        controller = Controller(kind="local", url="http://ctl", token_env="ZT_TOKEN")
+        text = import_spec(
+            ReplayHost(EMPTY_DUMPS), target="gw1", networks=[NWID], controller=controller, api=api
+        )
+    assert seen == [f"GET /controller/network/{NWID}"]  # read only
+    assert "s3cret" not in text
+    spec = parse_spec(text, "s.yaml")
+    assert spec.controller == controller
+    assert json.loads(spec.model_dump_json(include={"networks"}, exclude_none=True)) == {
+        "networks": [
+            {
+                "id": NWID,
+                "routes": [{"target": "0.0.0.0/0", "via": "10.6.6.2"}, {"target": "10.6.4.0/22"}],
+                "ip_pools": [{"start": "10.6.4.1", "end": "10.6.7.254"}],
+            }
+        ]
+    }
+
+
+def test_networks_need_a_controller_and_an_api() -> None:
+    with pytest.raises(ZtplanError, match="need their controller"):
+        import_spec(ReplayHost(EMPTY_DUMPS), target="gw1", networks=[NWID])
+
+
+def imported(host: ReplayHost) -> Spec:
+    return parse_spec(import_spec(host, target="gw1"), "imported.yaml")
+
+
+def test_adoption_tags_each_rule_in_its_place_in_one_restore_per_family() -> None:
+    host = docker_gateway()
+    spec = imported(host)
+    host.outputs |= {("iptables-restore", "--noflush"): "", ("ip6tables-restore", "--noflush"): ""}
+    adopted = adopt_rules(host, spec, as_written)
+    assert len(adopted) == 9
+    restores = {argv[0]: text or "" for argv, text in host.calls if argv[1:] == ("--noflush",)}
+    ssh = '-s 198.51.100.0/24 -p tcp -m tcp --dport 22 -m comment --comment "ssh from admin net"'
+    state = "-d 10.6.4.0/22 -i eth0 -m state --state RELATED,ESTABLISHED -j ACCEPT"
+    mss = "-o eth0 -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
+    assert restores["iptables-restore"].splitlines() == [
+        "*filter",
+        "-D INPUT -i zt+ -j ZT-IN",
+        f"-I INPUT 4 {TAG_ARGS} -i zt+ -j ZT-IN",
+        f"-D INPUT {ssh} -j ACCEPT",
+        f"-I INPUT 5 {TAG_ARGS} {ssh} -j ACCEPT",
+        f"-D FORWARD {state}",  # the rule before it is tagged already: left alone
+        f"-I FORWARD 10 {TAG_ARGS} {state}",
+        "-D ZT-IN -p udp -m udp --dport 53 -j ACCEPT",
+        f"-I ZT-IN 1 {TAG_ARGS} -p udp -m udp --dport 53 -j ACCEPT",
+        "-D ZT-IN -p icmp -j ACCEPT",
+        f"-I ZT-IN 2 {TAG_ARGS} -p icmp -j ACCEPT",
+        "COMMIT",
+        "*nat",
+        "-D POSTROUTING -s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN",  # Docker's MASQUERADE is 1
+        f"-I POSTROUTING 2 {TAG_ARGS} -s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN",
+        "-D POSTROUTING -s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7",
+        f"-I POSTROUTING 3 {TAG_ARGS} -s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7",
+        "COMMIT",
+        "*mangle",
+        f"-D FORWARD {mss}",
+        f"-I FORWARD 1 {TAG_ARGS} {mss}",
+        "COMMIT",
+    ]
+    assert restores["ip6tables-restore"].splitlines() == [
+        "*filter",
+        "-D FORWARD -d 2001:19f0:6001:1a6::/64 -i eth0 -j ACCEPT",
+        f"-I FORWARD 2 {TAG_ARGS} -d 2001:19f0:6001:1a6::/64 -i eth0 -j ACCEPT",
+        "COMMIT",
+    ]
+    assert adopted[0] == 'firewall.ipv4.filter.INPUT["-i zt+ -j ZT-IN"]'
+
+
+def test_adoption_when_everything_is_tagged_runs_no_restore() -> None:
+    dump = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.6.4.0/22 -j MASQUERADE\nCOMMIT\n"
+    host = ReplayHost(dumps(dump))
+    spec = imported(host)
+    tagged = dump.replace("-j MASQUERADE", f"{TAG_ARGS} -j MASQUERADE")
+    host.outputs[("iptables-save",)] = tagged  # as after a first adoption
+    assert adopt_rules(host, spec, as_written) == []  # a restore would fail: none is recorded
+
+
+def test_a_failing_adoption_says_nothing_was_adopted() -> None:
+    dump = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.6.4.0/22 -j MASQUERADE\nCOMMIT\n"
+    host = ReplayHost(dumps(dump))
+    spec = imported(host)
+    host.outputs[("iptables-restore", "--noflush")] = CommandResult(
+        ("iptables-restore", "--noflush"), 1, "", "iptables-restore: line 2 failed"
+    )
+    with pytest.raises(LiveReadError, match="line 2 failed; none adopted"):
+        adopt_rules(host, spec, as_written)
