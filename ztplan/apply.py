@@ -25,6 +25,7 @@ from ztplan.host import Host
 from ztplan.journal import Journal, journal_path, remove_journal, write_journal
 from ztplan.model import Address, Change, Plan, Snapshot, digest_of
 from ztplan.order import steps
+from ztplan.persist import Persist
 from ztplan.providers import Provider
 from ztplan.state import StateFile, write_state
 
@@ -83,6 +84,7 @@ def apply_plan(
     spec_text: str = "",
     confirm_by: float | None = None,
     carried: Mapping[Address, str] | None = None,
+    persist: Persist | None = None,
 ) -> ApplyResult:
     """Apply `plan` (made from `snapshots`, which must be current) and record `managed`,
     the desired value of every resource the spec manages, as the new state.
@@ -90,9 +92,12 @@ def apply_plan(
     A journal in `state_dir` follows the steps (crash recovery); with `confirm_by` it is
     kept after success, for the revert that happens unless `ztplan confirm` comes first.
     `carried`: digests of resources this (partial, --target) apply leaves as they were.
+    With `persist`, the plan's persist changes are made last, from a fresh read.
     """
     by_name = {p.name: p for p in providers}
-    planned = [(name, changes) for name, changes in steps(plan.changes)]
+    # persist is no provider: its step saves what the others left (ztplan.persist).
+    boot = [c for c in plan.changes if c.provider == "persist"]
+    planned = [(name, changes) for name, changes in steps(plan.changes) if name != "persist"]
     journal_file = journal_path(state_dir, plan.target)
     journal = Journal(
         target=plan.target,
@@ -106,6 +111,14 @@ def apply_plan(
     )
     write_journal(journal_file, journal)
     touched: list[Provider] = []
+
+    def failed(step: str, error: Exception) -> ApplyFailed:
+        cause = str(error) if isinstance(error, ZtplanError) else repr(error)
+        rolled, not_rolled = _rollback(touched, snapshots, host, reporter)
+        if not not_rolled:
+            remove_journal(journal_file)  # all put back: nothing left to recover
+        return ApplyFailed(step, cause, rolled, not_rolled)
+
     for number, (name, changes) in enumerate(planned):
         _crash_point(f"step:{number}")
         provider = by_name[name]
@@ -117,14 +130,17 @@ def apply_plan(
         try:
             provider.apply(host, changes, plan.desired, before)
         except Exception as error:  # any failure, a bug included, rolls back
-            cause = str(error) if isinstance(error, ZtplanError) else repr(error)
-            rolled, not_rolled = _rollback(touched, snapshots, host, reporter)
-            if not not_rolled:
-                remove_journal(journal_file)  # all put back: nothing left to recover
-            raise ApplyFailed(name, cause, rolled, not_rolled) from error
+            raise failed(name, error) from error
         journal.done.append(step_name(name, changes))
         write_journal(journal_file, journal)
         reporter.step_done(name, changes)
+    if persist is not None and boot:
+        reporter.step_started("persist", boot)
+        try:  # all or nothing itself: on failure the old boot files are back
+            persist.save(host, providers)
+        except Exception as error:
+            raise failed("persist", error) from error
+        reporter.step_done("persist", boot)
     _crash_point("state")
     # Each step is a transaction that either took whole or raised (and the controller and
     # member steps re-read what they wrote), so what the spec asks is now what is live.

@@ -137,6 +137,8 @@ def dump_data(spec: Spec) -> dict[str, Any]:
     for key in ("networks", "sysctl"):
         if not data.get(key):
             data.pop(key, None)
+    if data.get("persist") == "none":  # the default: not written
+        data.pop("persist")
     for family in ("ipv4", "ipv6"):
         fam = data.get("firewall", {}).get(family) or {}
         for table_name, table in list(fam.items()):

@@ -10,7 +10,8 @@ replacement exists. So a plan runs in these phases, each a step of one provider:
     proxy      ndppd: proxies written, daemon (re)started
     announce   controller: routes and pools published
     members    member: allowDefault and friends
-    teardown   ndppd, sysctl (forwarding off), firewall (rules deleted): last of all
+    teardown   ndppd, sysctl (forwarding off), firewall (rules deleted)
+    boot       persist: the live state saved for boot, from a fresh read: last of all
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ PHASES = (
     ("teardown", "ndppd"),
     ("teardown", "sysctl"),
     ("teardown", "firewall"),
+    ("boot", "persist"),
 )
 """(phase, provider) in apply order."""
 
@@ -68,6 +70,8 @@ def phase_of(change: Change, provider_changes: Iterable[Change] = ()) -> int:
         return 6 if all(c.action is Action.DELETE for c in provider_changes) else 3
     if change.provider == "member":
         return 5
+    if change.provider == "persist":
+        return 9
     return len(PHASES)
 
 

@@ -14,6 +14,7 @@ from ztplan.diff import diff_resources
 from ztplan.host import Host
 from ztplan.model import Change, Finding, Plan, Snapshot, SpecSource
 from ztplan.order import order_changes
+from ztplan.persist import Persist
 from ztplan.providers import Provider
 from ztplan.providers.firewall import Firewall, KernelNormaliser
 from ztplan.providers.sysctl import Sysctl
@@ -85,10 +86,12 @@ def make_plan(
     state: StateFile | None = None,
     notes: Sequence[Finding] = (),
     targets: Sequence[str] = (),
+    persist: Persist | None = None,
 ) -> tuple[Plan, dict[str, Snapshot]]:
     """The plan, and the snapshots it was made from (apply rolls back to them). `notes` are
     findings from outside the providers (an interrupted apply's journal); `targets`
-    restricts the changes to those addresses and what they depend on."""
+    restricts the changes to those addresses and what they depend on. With `persist`, the
+    boot files are compared with the live state just read (boot drift)."""
     changes = []
     unmanaged = []
     findings: list[Finding] = list(notes)
@@ -111,6 +114,8 @@ def make_plan(
             return None
 
     findings.extend(check_spec(spec, addresses))
+    if persist is not None:
+        changes.extend(persist.changes(host, snapshots, changes))
     ordered = order_changes(changes)
     if targets:
         kept = restrict(ordered, targets)

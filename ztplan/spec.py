@@ -94,12 +94,12 @@ def _check_rule(rule: str) -> str:
     return rule
 
 
-_CHAIN_RE = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,27}$"
+CHAIN_RE = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,27}$"
 """The kernel allows 28 characters; no dots, which would make addresses ambiguous."""
 _IFACE_RE = r"^[A-Za-z0-9_.:@+-]{1,15}$"
 _NWID_RE = r"^[0-9a-f]{16}$"
 
-ChainName = Annotated[str, StringConstraints(pattern=_CHAIN_RE)]
+ChainName = Annotated[str, StringConstraints(pattern=CHAIN_RE)]
 Rule = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_check_rule)]
 InterfaceName = Annotated[str, StringConstraints(pattern=_IFACE_RE)]
 NetworkId = Annotated[str, StringConstraints(pattern=_NWID_RE)]
@@ -217,12 +217,12 @@ class Table(_Model):
         keys are built-in chain names. Schema only: validation is unchanged."""
         schema = handler.resolve_ref_schema(handler(core_schema))
         chains = schema["properties"].pop("chains")
-        chain_spec = chains["patternProperties"][_CHAIN_RE]
+        chain_spec = chains["patternProperties"][CHAIN_RE]
         rules = handler.resolve_ref_schema(chain_spec)["properties"]["rules"]
         policy = schema["properties"]["policy"]
-        policy["additionalProperties"] = policy.pop("patternProperties")[_CHAIN_RE]
+        policy["additionalProperties"] = policy.pop("patternProperties")[CHAIN_RE]
         policy["propertyNames"] = {"enum": _BUILTIN_CHAINS}
-        schema["propertyNames"] = {"pattern": _CHAIN_RE, "not": {"const": "chains"}}
+        schema["propertyNames"] = {"pattern": CHAIN_RE, "not": {"const": "chains"}}
         schema["additionalProperties"] = {
             "description": "A chain of the table, named by its key (built-in like `FORWARD`, "
             "or a user chain like `ZT-IN`: up to 28 letters, digits, `_` or `-`): its rules as "
@@ -746,6 +746,16 @@ class Spec(_Model):
         default=None,
         description="This host as a member of ZeroTier networks (a client of a gateway).",
     )
+    persist: Literal["auto", "debian", "redhat", "none"] = Field(
+        default="none",
+        description="After apply, save the live firewall where the distribution restores it "
+        "at boot (debian: /etc/iptables/rules.v4 and rules.v6 for netfilter-persistent; "
+        "redhat: /etc/sysconfig/iptables and ip6tables for iptables-services), the sysctls to "
+        "/etc/sysctl.d/90-ztplan.conf, and enable ndppd; the plan shows what a reboot would "
+        "lose. The whole live ruleset is saved, foreign rules included. `auto` reads "
+        "/etc/os-release. Off by default: an existing host's boot files are only replaced "
+        "when asked.",
+    )
 
 
 # --- loading -------------------------------------------------------------------------
@@ -778,7 +788,7 @@ for _loader in (_Loader, _PyLoader):
 
 
 _PATTERN_WORDS = {
-    _CHAIN_RE: "a chain name: up to 28 letters, digits, _ or -",
+    CHAIN_RE: "a chain name: up to 28 letters, digits, _ or -",
     _IFACE_RE: "an interface name: up to 15 letters, digits or . : @ + - _",
     _NWID_RE: "a network id: 16 lowercase hex digits",
     r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$": "a name of letters, digits, _ . - (up to 63)",
