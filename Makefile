@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 SANDBOX := ztplan-sandbox
-SYSTEM_PACKAGES := iptables nftables ndppd iproute2
+SYSTEM_PACKAGES := iptables nftables ndppd iproute2 gnupg shellcheck
 
 .PHONY: all system-packages install demo test lint bench sandbox-down clean
 
@@ -43,7 +43,7 @@ demo: install
 	@echo "  $(BIN)/ztplan sandbox down    # when done"
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check ztplan tests
+	$(BIN)/ruff check ztplan tests scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -44,6 +44,13 @@ class Format(StrEnum):
     markdown = "markdown"
 
 
+class DriftFormat(StrEnum):
+    human = "human"
+    json = "json"
+    markdown = "markdown"
+    prometheus = "prometheus"
+
+
 SpecArg = Annotated[
     str | None,
     typer.Argument(
@@ -52,7 +59,11 @@ SpecArg = Annotated[
     ),
 ]
 RepoOpt = Annotated[
-    str | None, typer.Option("--repo", help="Git repository to read the spec from.")
+    str | None,
+    typer.Option("--repo", help="Git repository (a path, or a URL cloned into the state dir)."),
+]
+FetchOpt = Annotated[
+    bool, typer.Option("--fetch", help="Fetch the --repo URL's branches and tags first.")
 ]
 RefOpt = Annotated[
     str | None, typer.Option("--ref", help="Commit, branch or tag to read the spec at.")
@@ -72,6 +83,15 @@ TargetOpt = Annotated[
         "--target",
         help="Only this resource address (or prefix, e.g. firewall.ipv4) and what it depends "
         "on; repeatable. The plan says it is partial.",
+    ),
+]
+RootOpt = Annotated[
+    Path,
+    typer.Option(
+        "--root",
+        envvar="ZTPLAN_ROOT",
+        help="Where the spec's `persist` writes boot files (etc/iptables/...): / on a real "
+        "host; a scratch directory for a namespace.",
     ),
 ]
 LockTimeoutOpt = Annotated[
@@ -176,14 +196,19 @@ def validate(
 
 
 def _prepare(
-    spec: str | None, repo: str | None, ref: str | None, netns: str | None, state_dir: Path
+    spec: str | None,
+    repo: str | None,
+    ref: str | None,
+    netns: str | None,
+    state_dir: Path,
+    fetch: bool = False,
 ) -> Any:
     from ztplan.host import LocalHost
     from ztplan.plan import build_providers
     from ztplan.source import read_spec
     from ztplan.state import read_state
 
-    loaded, source = read_spec(spec, repo, ref)
+    loaded, source = read_spec(spec, repo, ref, cache_dir=state_dir / "cache", fetch=fetch)
     host = LocalHost(netns)
     providers = build_providers(loaded, source.path, state_dir / "cache")
     previous = read_state(state_dir, loaded.target.name)
@@ -243,6 +268,8 @@ def plan(
     ] = None,
     lock_timeout: LockTimeoutOpt = 0.0,
     target: TargetOpt = None,
+    fetch: FetchOpt = False,
+    root: RootOpt = Path("/"),
 ) -> None:
     """Show what apply would change."""
     fmt = Format.json if json_ else fmt
@@ -251,19 +278,23 @@ def plan(
         import contextlib
 
         from ztplan.lock import lock_path, locked
+        from ztplan.persist import make_persist
         from ztplan.plan import make_plan
         from ztplan.state import write_atomic
 
-        loaded, source, host, providers, previous = _prepare(spec, repo, ref, netns, state_dir)
+        loaded, source, host, providers, previous = _prepare(
+            spec, repo, ref, netns, state_dir, fetch
+        )
+        persist, said = make_persist(loaded.persist, root, loaded, host.netns)
         guard = (
             locked(lock_path(state_dir, loaded.target.name), "plan", lock_timeout)
             if out
             else contextlib.nullcontext()
         )
         with guard:
-            notes = _journal_notes(state_dir, loaded.target.name)
+            notes = [*_journal_notes(state_dir, loaded.target.name), *said]
             result, _ = make_plan(
-                loaded, source, host, providers, previous, notes, targets=target or ()
+                loaded, source, host, providers, previous, notes, target or (), persist
             )
             if out:
                 from ztplan.render.jsonplan import render_json
@@ -351,6 +382,22 @@ def apply(
         ),
     ] = 0.0,
     target: TargetOpt = None,
+    fetch: FetchOpt = False,
+    allow_non_descendant: Annotated[
+        bool,
+        typer.Option(
+            "--allow-non-descendant",
+            help="Apply a commit that does not descend from the last applied one (a rollback).",
+        ),
+    ] = False,
+    require_signed: Annotated[
+        bool,
+        typer.Option(
+            "--require-signed",
+            help="Refuse a spec commit without a good signature (git verify-commit).",
+        ),
+    ] = False,
+    root: RootOpt = Path("/"),
 ) -> None:
     """Make the changes, in a safe order, under the target's lock."""
     fmt = Format.json if json_ else fmt
@@ -362,6 +409,7 @@ def apply(
         from ztplan.errors import StalePlan, ZtplanError
         from ztplan.host import LocalHost
         from ztplan.lock import lock_path, locked
+        from ztplan.persist import make_persist
         from ztplan.plan import build_providers, make_plan
         from ztplan.render.human import HumanReporter
         from ztplan.spec import parse_spec
@@ -375,14 +423,27 @@ def apply(
             source, host = saved.spec, LocalHost(saved.netns)
             providers = build_providers(loaded, source.path, state_dir / "cache")
         else:
-            loaded, source, host, providers, _ = _prepare(spec, repo, ref, netns, state_dir)
+            loaded, source, host, providers, _ = _prepare(spec, repo, ref, netns, state_dir, fetch)
         target_name = loaded.target.name
+        persist, said = make_persist(loaded.persist, root, loaded, host.netns)
         with locked(lock_path(state_dir, target_name), "apply", lock_timeout):
             previous = read_state(state_dir, target_name)
+            if source.repo is not None:
+                from ztplan.source import check_commit, resolve_repo
+
+                check_commit(
+                    source,
+                    resolve_repo(source.repo, state_dir / "cache"),
+                    previous.spec.commit if previous else None,
+                    allow_non_descendant,
+                    require_signed,
+                )
+            elif require_signed:
+                raise ZtplanError(f"{source.path}: --require-signed needs --repo and --ref")
             notes = _journal_notes(state_dir, target_name)
             targets = target or ()
             result, snapshots = make_plan(
-                loaded, source, host, providers, previous, notes, targets=targets
+                loaded, source, host, providers, previous, [*notes, *said], targets, persist
             )
             if saved is not None:
                 state_now = (previous.lineage, previous.serial) if previous else (None, None)
@@ -439,6 +500,7 @@ def apply(
                 spec_text=loaded._text,
                 confirm_by=confirm_by,
                 carried=carried,
+                persist=persist,
             )
             if confirm_by is not None:
                 from ztplan.revert import arm_reverter
@@ -533,6 +595,240 @@ def revert_at_deadline(
         return 0
 
     _guard(False, body)
+
+
+class ControllerKind(StrEnum):
+    central = "central"
+    local = "local"
+
+
+@app.command("import")
+def import_cmd(
+    netns: NetnsOpt = None,
+    target_name: Annotated[
+        str | None,
+        typer.Option("--target-name", help="target.name of the spec (default: netns or host)."),
+    ] = None,
+    network: Annotated[
+        list[str] | None,
+        typer.Option("--network", help="A network id to import routes and pools of (repeatable)."),
+    ] = None,
+    controller_kind: Annotated[
+        ControllerKind | None,
+        typer.Option("--controller-kind", help="The controller --network lives on."),
+    ] = None,
+    controller_url: Annotated[
+        str | None, typer.Option("--controller-url", help="Its API URL (default per kind).")
+    ] = None,
+    token_env: Annotated[
+        str | None, typer.Option("--token-env", help="Variable holding its token (not the token).")
+    ] = None,
+    token_file: Annotated[
+        str | None, typer.Option("--token-file", help="File holding its token.")
+    ] = None,
+    ndppd_config: Annotated[
+        str, typer.Option("--ndppd-config", help="ndppd's config (in --netns: /etc/netns/NS/...).")
+    ] = "/etc/ndppd.conf",
+    ndppd_pidfile: Annotated[
+        str | None, typer.Option("--ndppd-pidfile", help="The -p of an ndppd systemd does not run.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="Write the spec here, not to stdout.")
+    ] = None,
+    adopt: Annotated[
+        bool,
+        typer.Option("--adopt", help="Tag the imported rules where they stand: ztplan owns them."),
+    ] = False,
+    state_dir: StateDirOpt = Path("state"),
+    lock_timeout: LockTimeoutOpt = 0.0,
+) -> None:
+    """Write the spec of a gateway configured by hand; with --adopt, take its rules over."""
+
+    def body() -> int:
+        import socket
+
+        from pydantic import ValidationError
+
+        from ztplan.errors import ZtplanError
+        from ztplan.host import LocalHost
+        from ztplan.importer import adopt_rules, import_spec
+        from ztplan.spec import Controller, Spec, parse_spec
+
+        host = LocalHost(netns)
+        name = target_name or netns or socket.gethostname().split(".")[0]
+        controller, api = None, None
+        if controller_kind is not None:
+            given = {"url": controller_url, "token_env": token_env, "token_file": token_file}
+            try:
+                controller = Controller.model_validate(
+                    {"kind": controller_kind.value} | {k: v for k, v in given.items() if v}
+                )
+            except ValidationError as error:
+                raise ZtplanError(f"--controller-*: {error.errors()[0]['msg']}") from None
+        if network:
+            if controller is None:
+                raise ZtplanError("--network needs --controller-kind (central or local)")
+            from ztplan.api import shared_client
+            from ztplan.plan import CONTROLLER_URL_ENV
+            from ztplan.providers.controller import controller_client
+
+            bare = Spec.model_validate(
+                {"version": 1, "target": {"name": name}, "controller": controller.model_dump()}
+            )
+            api = controller_client(bare, shared_client(), os.environ.get(CONTROLLER_URL_ENV))
+
+        def read() -> str:
+            return import_spec(
+                host,
+                target=name,
+                networks=network or [],
+                controller=controller,
+                api=api,
+                ndppd_config=ndppd_config,
+                ndppd_pidfile=ndppd_pidfile,
+            )
+
+        text = read()
+        if adopt:
+            from ztplan.lock import lock_path, locked
+            from ztplan.providers.firewall import KernelNormaliser
+
+            with locked(lock_path(state_dir, name), "import", lock_timeout):
+                spec = parse_spec(text, "imported spec")
+                cache = KernelNormaliser(cache_dir=state_dir / "cache")
+                adopted = adopt_rules(host, spec, cache)
+                text = read()  # again: the header no longer counts them as not ztplan's
+            print(f"Adopted {len(adopted)} rule(s): they carry the ztplan tag.", file=sys.stderr)
+        if out is None:
+            sys.stdout.write(text)
+        else:
+            from ztplan.state import write_atomic
+
+            write_atomic(out, text)
+            print(f"Wrote {out}.", file=sys.stderr)
+        return 0
+
+    _guard(False, body)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of a spec (what schema/ztplan-spec.json holds)."""
+
+    def body() -> int:
+        from ztplan.schema import spec_schema
+
+        print(json.dumps(spec_schema(), indent=2))
+        return 0
+
+    _guard(False, body)
+
+
+@app.command()
+def drift(
+    spec: SpecArg = None,
+    repo: RepoOpt = None,
+    ref: RefOpt = None,
+    fetch: FetchOpt = False,
+    netns: NetnsOpt = None,
+    state_dir: StateDirOpt = Path("state"),
+    fmt: Annotated[
+        DriftFormat, typer.Option("--format", help="Output format.")
+    ] = DriftFormat.human,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            help="Also write Prometheus text here, atomically (node_exporter textfile collector).",
+        ),
+    ] = None,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", help="Seconds to wait for a running apply.")
+    ] = 60.0,
+    root: RootOpt = Path("/"),
+) -> None:
+    """Plan for cron and CI: exit 0 clean, 2 drift, 1 error; quiet when clean.
+
+    Never changes anything, and holds the target's lock only while it reads the host.
+    """
+
+    def body() -> int:
+        import time
+
+        from ztplan.lock import lock_path, locked
+        from ztplan.plan import make_plan
+        from ztplan.render.prometheus import render_metrics
+        from ztplan.state import read_state, write_atomic
+
+        checked_at = time.time()
+        result = None
+        target_name = "unknown"
+        previous = None
+        try:
+            from ztplan.host import LocalHost
+            from ztplan.persist import make_persist
+            from ztplan.plan import build_providers
+            from ztplan.source import read_spec
+
+            loaded, source = read_spec(spec, repo, ref, cache_dir=state_dir / "cache", fetch=fetch)
+            target_name = loaded.target.name
+            previous = read_state(state_dir, target_name)
+            host = LocalHost(netns)
+            providers = build_providers(loaded, source.path, state_dir / "cache")
+            persist, said = make_persist(loaded.persist, root, loaded, host.netns)
+            with locked(lock_path(state_dir, target_name), "drift", lock_timeout):
+                result, _ = make_plan(
+                    loaded, source, host, providers, previous, said, persist=persist
+                )
+        finally:  # a failed check is written too: success 0, and when it was tried
+            if metrics_file is not None:
+                write_atomic(
+                    metrics_file,
+                    render_metrics(
+                        target_name,
+                        result,
+                        checked_at,
+                        previous.applied_at if previous else None,
+                        previous.spec.commit if previous else None,
+                    ),
+                )
+        if fmt is DriftFormat.prometheus:
+            sys.stdout.write(
+                render_metrics(
+                    target_name,
+                    result,
+                    checked_at,
+                    previous.applied_at if previous else None,
+                    previous.spec.commit if previous else None,
+                )
+            )
+        elif fmt is DriftFormat.json:
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "target": target_name,
+                        "checked_at": checked_at,
+                        "drifted": [
+                            {"address": c.address, "provider": c.provider, "action": c.action.value}
+                            for c in result.changes
+                        ],
+                        "findings": [f.model_dump() for f in result.findings],
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+        elif fmt is DriftFormat.markdown and result.changes:
+            from ztplan.render.markdown import render_markdown
+
+            sys.stdout.write(render_markdown(result))
+        elif result.changes:
+            from ztplan.render.human import drift_lines
+
+            sys.stdout.write(drift_lines(result))
+        return 2 if result.changes else 0
+
+    _guard(fmt is DriftFormat.json, body)
 
 
 @app.command()

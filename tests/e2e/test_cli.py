@@ -225,8 +225,11 @@ def test_lock_timeout_waits_for_the_holder(tmp_path: Path, spec: Path, netns: st
 
 
 @needs_netns
-def test_spec_from_a_git_ref_not_the_work_tree(tmp_path: Path, netns: str) -> None:
+def test_spec_from_a_git_ref_not_the_work_tree(
+    tmp_path: Path, netns: str, request: pytest.FixtureRequest
+) -> None:
     repo = git.Repo.init(tmp_path / "repo")
+    request.addfinalizer(repo.close)  # gitpython keeps `git cat-file` helpers until closed
     specs = tmp_path / "repo" / "specs"
     specs.mkdir()
     (specs / "gateway.yaml").write_text(GATEWAY)
@@ -353,3 +356,47 @@ def test_target_limits_plan_and_apply_and_says_so(tmp_path: Path, spec: Path, ne
     ]
     rest = ztplan("plan", str(spec), "--netns", netns, "--detailed-exitcode", cwd=tmp_path)
     assert rest.returncode == 2 and "Plan: 6 to add, 2 to change, 0 to destroy." in rest.stdout
+
+
+@needs_netns
+def test_import_adopt_then_plan_is_empty(tmp_path: Path, netns: str) -> None:
+    """A gateway built by hand with the guide's commands round-trips through import."""
+    sh(
+        netns,
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "10.6.4.0/22",
+        "-d",
+        "10.6.4.0/22",
+        "-j",
+        "RETURN",
+    )
+    sh(
+        netns,
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "10.6.4.0/22",
+        "-j",
+        "SNAT",
+        "--to-source",
+        "198.51.100.7",
+    )
+    sh(netns, "ip6tables", "-P", "FORWARD", "DROP")
+    sh(netns, "ip6tables", "-A", "FORWARD", "-i", "zt+", "-s", "2001:db8:6::/64", "-j", "ACCEPT")
+    sh(netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    done = ztplan(
+        "import", "--netns", netns, "--target-name", "gw", "--adopt", "-o", "gw.yaml", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Adopted 3 rule(s)" in done.stderr
+    plan = ztplan("plan", "gw.yaml", "--netns", netns, "--detailed-exitcode", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "No changes. The live state matches the spec." in plan.stdout

@@ -263,3 +263,27 @@ def test_a_created_value_not_in_the_address_is_shown() -> None:
 )
 def test_render_source(source: SpecSource, text: str) -> None:
     assert render_source(source) == text
+
+
+def test_markdown_truncates_a_long_plan_with_a_pointer() -> None:
+    from ztplan.model import Action, Change
+
+    many = PLAN.model_copy(
+        update={
+            "changes": [
+                Change(
+                    address=f'sysctl["k{i}"]',
+                    provider="sysctl",
+                    action=Action.UPDATE,
+                    before="0",
+                    after="1",
+                    phase="forward",
+                )
+                for i in range(7)
+            ]
+        }
+    )
+    text = render_markdown(many, max_rows=5)
+    assert text.count('| forward | update | `sysctl["k') == 5
+    assert "... and 2 more change(s), not shown: see the full plan (plan.json, or " in text
+    assert text.index("**Warning**") < text.index("<details>")  # findings come first

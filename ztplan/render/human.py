@@ -10,7 +10,7 @@ from pydantic import JsonValue
 
 from ztplan.model import Action, Change, Plan, SpecSource
 
-__all__ = ["HumanReporter", "render_plan", "render_source", "summary_line"]
+__all__ = ["HumanReporter", "drift_lines", "render_plan", "render_source", "summary_line"]
 
 _SYMBOL = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-", Action.REPLACE: "-/+"}
 _COLOUR = {Action.CREATE: "32", Action.UPDATE: "33", Action.DELETE: "31", Action.REPLACE: "35"}
@@ -108,6 +108,16 @@ def render_plan(plan: Plan, color: bool = False) -> str:
         out.append(f"Unmanaged (foreign, left alone): {len(plan.unmanaged)}")
         out.extend(f"    {address}" for address in plan.unmanaged)
     return "\n".join(out) + "\n"
+
+
+def drift_lines(plan: Plan) -> str:
+    """One line per drifted resource, for cron mail and CI logs."""
+    return "".join(
+        f"drift: {plan.target}: {_SYMBOL[c.action]} {c.address}"
+        + (f" ({c.reason})" if c.reason else "")
+        + "\n"
+        for c in plan.changes
+    )
 
 
 class HumanReporter:

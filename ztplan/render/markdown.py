@@ -19,7 +19,13 @@ def _code(text: str) -> str:
     return "`" + text.replace("`", "'").replace("|", "\\|") + "`"
 
 
-def render_markdown(plan: Plan) -> str:
+MAX_ROWS = 200
+"""A pull-request comment holds 65,536 characters; past this many changes, point to the
+full plan instead of being cut off mid-table."""
+
+
+def render_markdown(plan: Plan, max_rows: int = MAX_ROWS, full_plan: str = "plan.json") -> str:
+    """Summary table, then warnings and errors, then the changes in a collapsed block."""
     adds, changes, destroys = plan.summary()
     out = [
         f"### ztplan plan: {plan.target}",
@@ -39,9 +45,18 @@ def render_markdown(plan: Plan) -> str:
     else:
         out.append(f"<details><summary>{len(plan.changes)} change(s)</summary>")
         out.append("")
-        out.append("| action | address |")
-        out.append("|---|---|")
-        out.extend(f"| {_WORD[c.action]} | {_code(c.address)} |" for c in plan.changes)
+        out.append("| step | action | address |")
+        out.append("|---|---|---|")
+        out.extend(
+            f"| {c.phase or c.provider} | {_WORD[c.action]} | {_code(c.address)} |"
+            for c in plan.changes[:max_rows]
+        )
+        if len(plan.changes) > max_rows:
+            out.append("")
+            out.append(
+                f"... and {len(plan.changes) - max_rows} more change(s), not shown: see the "
+                f"full plan ({full_plan}, or `ztplan show {full_plan}`)."
+            )
         out.append("")
         out.append("</details>")
     if plan.unmanaged:
