@@ -29,7 +29,15 @@ from ztplan.persist import Persist
 from ztplan.providers import Provider
 from ztplan.state import StateFile, write_state
 
-__all__ = ["ApplyResult", "Reporter", "apply_plan", "refuse_if_stale", "step_name"]
+__all__ = [
+    "ApplyResult",
+    "Reporter",
+    "apply_plan",
+    "load_plan",
+    "refuse_if_stale",
+    "refuse_stale_saved_plan",
+    "step_name",
+]
 
 
 class Reporter(Protocol):
@@ -70,6 +78,51 @@ def _crash_point(point: str) -> None:
 
 def step_name(provider: str, changes: Sequence[Change]) -> str:
     return f"{provider} ({changes[0].phase})" if changes and changes[0].phase else provider
+
+
+def load_plan(path: Path) -> Plan:
+    """A plan saved with `plan -o`, if this ztplan can apply it exactly."""
+    from pydantic import ValidationError
+
+    from ztplan import __version__
+    from ztplan.model import FORMAT_VERSION
+
+    try:
+        saved = Plan.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError, ValueError) as error:
+        raise ZtplanError(f"{path}: not a ztplan plan file ({error.__class__.__name__})") from None
+    if saved.format_version != FORMAT_VERSION or saved.ztplan_version != __version__:
+        raise ZtplanError(
+            f"{path}: made by ztplan {saved.ztplan_version} (format {saved.format_version}); "
+            f"this is {__version__}",
+            "plan again with this version",
+        )
+    if not saved.spec_text:
+        raise ZtplanError(f"{path}: the plan carries no spec; plan again with -o")
+    return saved
+
+
+def refuse_stale_saved_plan(name: str, saved: Plan, fresh: Plan, state: StateFile | None) -> None:
+    """Terraform's check: the state and the live state must be what the plan was made from.
+    `fresh` is a plan made now; the addresses whose changes differ are what moved."""
+    state_now = (state.lineage, state.serial) if state else (None, None)
+    if (saved.state_lineage, saved.state_serial) != state_now:
+        raise StalePlan(
+            f"{name}: the state moved since the plan was made (serial "
+            f"{saved.state_serial} -> {state_now[1]}); nothing was applied",
+            "plan again",
+        )
+    if any(saved.snapshots.get(n) != d for n, d in fresh.snapshots.items()):
+        old = {c.address: (c.action, c.before) for c in saved.changes}
+        new = {c.address: (c.action, c.before) for c in fresh.changes}
+        moved = sorted(a for a in old.keys() | new.keys() if old.get(a) != new.get(a))
+        shown = ", ".join(moved[:5]) + (f" and {len(moved) - 5} more" if len(moved) > 5 else "")
+        raise StalePlan(
+            f"{name}: the live state changed since the plan was made"
+            + (f" ({shown})" if moved else "")
+            + "; nothing was applied",
+            "plan again and review the new changes",
+        )
 
 
 def apply_plan(

@@ -321,39 +321,6 @@ def _confirm() -> bool:
     return answer.strip() == "yes"
 
 
-def _load_plan_file(path: Path) -> Plan:
-    from pydantic import ValidationError
-
-    from ztplan import __version__
-    from ztplan.errors import ZtplanError
-    from ztplan.model import FORMAT_VERSION, Plan
-
-    try:
-        saved = Plan.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError, ValueError) as error:
-        raise ZtplanError(f"{path}: not a ztplan plan file ({error.__class__.__name__})") from None
-    if saved.format_version != FORMAT_VERSION or saved.ztplan_version != __version__:
-        raise ZtplanError(
-            f"{path}: made by ztplan {saved.ztplan_version} (format {saved.format_version}); "
-            f"this is {__version__}",
-            "plan again with this version",
-        )
-    if not saved.spec_text:
-        raise ZtplanError(f"{path}: the plan carries no spec; plan again with -o")
-    return saved
-
-
-def _is_plan_file(spec: str | None) -> bool:
-    return bool(spec) and str(spec).endswith(".json")
-
-
-def _moved(saved: Plan, fresh: Plan) -> list[str]:
-    """Addresses whose change differs between a saved plan and one made now."""
-    old = {c.address: (c.action, c.before) for c in saved.changes}
-    new = {c.address: (c.action, c.before) for c in fresh.changes}
-    return sorted(a for a in old.keys() | new.keys() if old.get(a) != new.get(a))
-
-
 @app.command()
 def apply(
     spec: Annotated[
@@ -405,8 +372,8 @@ def apply(
     def body() -> int:
         import time
 
-        from ztplan.apply import apply_plan, refuse_if_stale
-        from ztplan.errors import StalePlan, ZtplanError
+        from ztplan.apply import apply_plan, load_plan, refuse_if_stale, refuse_stale_saved_plan
+        from ztplan.errors import ZtplanError
         from ztplan.host import LocalHost
         from ztplan.lock import lock_path, locked
         from ztplan.persist import make_persist
@@ -415,7 +382,7 @@ def apply(
         from ztplan.spec import parse_spec
         from ztplan.state import read_state
 
-        saved = _load_plan_file(Path(spec)) if spec and _is_plan_file(spec) else None
+        saved = load_plan(Path(spec)) if spec and spec.endswith(".json") else None
         if saved is not None:  # exactly the plan that was reviewed
             if netns is not None and netns != saved.netns:
                 raise ZtplanError(f"{spec}: the plan is for netns {saved.netns}, not {netns}")
@@ -446,24 +413,7 @@ def apply(
                 loaded, source, host, providers, previous, [*notes, *said], targets, persist
             )
             if saved is not None:
-                state_now = (previous.lineage, previous.serial) if previous else (None, None)
-                if (saved.state_lineage, saved.state_serial) != state_now:
-                    raise StalePlan(
-                        f"{spec}: the state moved since the plan was made (serial "
-                        f"{saved.state_serial} -> {state_now[1]}); nothing was applied",
-                        "plan again",
-                    )
-                if any(saved.snapshots.get(n) != d for n, d in result.snapshots.items()):
-                    moved = _moved(saved, result)
-                    shown = ", ".join(moved[:5]) + (
-                        f" and {len(moved) - 5} more" if len(moved) > 5 else ""
-                    )
-                    raise StalePlan(
-                        f"{spec}: the live state changed since the plan was made"
-                        + (f" ({shown})" if moved else "")
-                        + "; nothing was applied",
-                        "plan again and review the new changes",
-                    )
+                refuse_stale_saved_plan(str(spec), saved, result, previous)
                 result = saved  # the reviewed changes, against the same live state
             _emit(result, fmt)
             if result.errors:
