@@ -196,3 +196,26 @@ def test_the_revert_happens_even_when_the_session_dies(
     os.close(fd)
     assert wait_for(lambda: full_dump(netns) == before), "not reverted after the session died"
     subprocess.run(["true"], check=True)
+
+
+def test_boot_files_follow_the_apply_and_boot_drift_is_reported(
+    tmp_path: Path, spec: Path, netns: str
+) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    spec.write_text(SPEC + "sysctl: {net.ipv4.ip_forward: 1}\npersist: debian\n")
+    where = [str(spec), "--netns", netns, "--root", str(root)]
+    done = ztplan("apply", *where, "--auto-approve", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rules = (root / "etc/iptables/rules.v4").read_text()
+    assert "-A INPUT -p tcp -m comment --comment ztplan -m tcp --dport 22 -j ACCEPT" in rules
+    assert "net.ipv4.ip_forward = 1" in (root / "etc/sysctl.d/90-ztplan.conf").read_text()
+    clean = ztplan("plan", *where, "--detailed-exitcode", cwd=tmp_path)
+    assert clean.returncode == 0, clean.stdout
+    sh(netns, "iptables", "-A", "INPUT", "-j", "LOG")  # live, but not in the boot file
+    drifted = ztplan("plan", *where, "--detailed-exitcode", cwd=tmp_path)
+    assert drifted.returncode == 2
+    assert 'persist["etc/iptables/rules.v4"]' in drifted.stdout
+    assert "rules.v6" not in drifted.stdout
+    assert ztplan("apply", *where, "--auto-approve", cwd=tmp_path).returncode == 0
+    assert "-A INPUT -j LOG" in (root / "etc/iptables/rules.v4").read_text()
