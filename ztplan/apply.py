@@ -22,7 +22,7 @@ from pydantic import JsonValue
 
 from ztplan.errors import ApplyFailed, StalePlan, ZtplanError
 from ztplan.host import Host
-from ztplan.journal import Journal, journal_path, remove_journal, write_journal
+from ztplan.journal import Journal, journal_path, mark_done, remove_journal, write_journal
 from ztplan.model import Address, Change, Plan, Snapshot, digest_of
 from ztplan.order import steps
 from ztplan.persist import Persist
@@ -184,8 +184,7 @@ def apply_plan(
             provider.apply(host, changes, plan.desired, before)
         except Exception as error:  # any failure, a bug included, rolls back
             raise failed(name, error) from error
-        journal.done.append(step_name(name, changes))
-        write_journal(journal_file, journal)
+        mark_done(journal_file, journal, step_name(name, changes))
         reporter.step_done(name, changes)
     if persist is not None and boot:
         reporter.step_started("persist", boot)

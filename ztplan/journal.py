@@ -1,7 +1,9 @@
 """state/<target>.journal.json: what an apply in progress has done, for crash recovery.
 
 Written (atomically) before the first step, with everything needed to put the host back
-(each provider's pre-apply snapshot and the spec text), and again after every step. A
+(each provider's pre-apply snapshot and the spec text); each step done is then appended,
+one line and an fsync, to `<target>.journal.log` (rewriting megabytes of snapshots after
+every step would cost more than the step). A
 successful apply removes it; so does a rollback that put everything back. A journal that
 is still there when the next run starts means an apply was killed: that run says what it
 had done, and plans from the true live state. Confirm-or-revert keeps the journal, with
@@ -22,7 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ztplan.state import write_atomic
 
-__all__ = ["Journal", "journal_path", "read_journal", "remove_journal", "write_journal"]
+__all__ = [
+    "Journal",
+    "journal_path",
+    "mark_done",
+    "read_journal",
+    "remove_journal",
+    "write_journal",
+]
 
 
 class Journal(BaseModel):
@@ -61,19 +70,43 @@ def journal_path(state_dir: Path, target: str) -> Path:
     return state_dir / f"{target}.journal.json"
 
 
+def _log(path: Path) -> Path:
+    return path.with_suffix(".log")
+
+
 def read_journal(path: Path) -> Journal | None:
     try:
-        return Journal.model_validate_json(path.read_bytes())
+        journal = Journal.model_validate_json(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValidationError, ValueError):
         return None  # torn or foreign: nothing can be resumed from it
+    try:
+        lines = _log(path).read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    for line in lines:  # `<journal id> <step>`; a torn last line has no newline
+        run, _, step = line.partition(" ")
+        if run == journal.id and step:
+            journal.done.append(step)
+    return journal
 
 
 def write_journal(path: Path, journal: Journal) -> None:
+    remove_journal(path)  # a new apply: no progress of an older one may count
     write_atomic(path, journal.model_dump_json() + "\n", mode=0o600)
 
 
+def mark_done(path: Path, journal: Journal, step: str) -> None:
+    """Record that `step` is done: one appended line, on disk before the next step."""
+    journal.done.append(step)
+    with open(_log(path), "a", encoding="utf-8") as handle:
+        handle.write(f"{journal.id} {step}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def remove_journal(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    for file in (path, _log(path)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(file)

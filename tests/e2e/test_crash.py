@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import needs_netns
 from tests.e2e.test_cli import ZTPLAN
 from tests.integration.test_gateway_netns import GATEWAY
+from ztplan.journal import read_journal
 from ztplan.testing.emulator import ControllerEmulator
 
 NWID = "8056c2e21c000001"
@@ -65,9 +66,11 @@ def test_sigkill_at_a_step_boundary_then_plan_and_apply_converge(
         tmp_path, emulator, "apply", str(spec), "--netns", netns, "--auto-approve", kill_at=point
     )
     assert killed.returncode == -9, killed.stderr
-    journal = json.loads((tmp_path / "state" / "gw.journal.json").read_text())
+    found = read_journal(tmp_path / "state" / "gw.journal.json")
+    assert found is not None
+    journal = found.model_dump()
     assert journal["steps"] == ["firewall (protect)", "sysctl (forward)", "controller (announce)"]
-    assert len(journal["done"]) == (3 if point == "state" else int(point[-1]))
+    assert journal["done"] == journal["steps"][: 3 if point == "state" else int(point[-1])]
 
     planned = run(tmp_path, emulator, "plan", str(spec), "--netns", netns)
     assert planned.returncode == 0, planned.stderr
