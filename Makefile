@@ -37,7 +37,7 @@ demo: install
 	@echo "Converged: a second plan of each spec is empty. Look around:"
 	@echo "  ip netns exec $(SANDBOX) iptables-save; ip netns exec $(SANDBOX) ip6tables-save"
 	@echo "  ip netns exec $(SANDBOX) sysctl net.ipv4.ip_forward net.ipv6.conf.all.forwarding"
-	@echo "  cat /etc/netns/$(SANDBOX)/ndppd.conf; pgrep -a ndppd"
+	@echo "  cat /etc/ztplan/netns/$(SANDBOX)/ndppd.conf; pgrep -a ndppd"
 	@echo '  eval "$$($(BIN)/ztplan sandbox env)"; curl -s -H "Authorization: token $$ZEROTIER_CENTRAL_TOKEN" $$ZTPLAN_CONTROLLER_URL/network/8056c2e21c000001'
 	@echo "  cat state/gw1.json state/laptop.json"
 	@echo "  $(BIN)/ztplan sandbox down    # when done"

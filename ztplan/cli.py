@@ -160,6 +160,26 @@ def _main(
     _debug = debug
 
 
+def _spec_findings(spec: Any, file: str) -> list[Any]:
+    """What can be known without the live host: the cross-provider checks, ndppd's own,
+    and (as root, in a scratch namespace) whether the kernel takes every rule."""
+    import os as _os
+
+    from ztplan.checks import check_spec
+    from ztplan.model import Snapshot
+
+    findings = list(check_spec(spec, None))
+    if spec.ndppd is not None:
+        from ztplan.providers.ndppd import Ndppd
+
+        findings += Ndppd().check(spec, Snapshot(resources={}, raw={}))
+    if spec.firewall is not None and _os.geteuid() == 0:
+        from ztplan.providers.firewall import Firewall, KernelNormaliser
+
+        Firewall(normalise=KernelNormaliser(), file=file).desired(spec)  # raises on a bad rule
+    return findings
+
+
 @app.command()
 def validate(
     spec: SpecArg = None,
@@ -176,6 +196,15 @@ def validate(
         from ztplan.source import read_spec
 
         loaded, source = read_spec(spec, repo, ref)
+        findings = _spec_findings(loaded, source.path)
+        for finding in findings:
+            where = f"{finding.address}: " if finding.address else ""
+            print(f"{finding.severity.capitalize()}: {where}{finding.message}", file=sys.stderr)
+        errors = [f for f in findings if f.severity == "error"]
+        if errors:
+            from ztplan.errors import ZtplanError
+
+            raise ZtplanError(f"{source.path}: {len(errors)} error(s): {errors[0].message}")
         if expand:
             from ztplan.gateway import dump_data, dump_spec
 
@@ -577,7 +606,10 @@ def import_cmd(
         str | None, typer.Option("--token-file", help="File holding its token.")
     ] = None,
     ndppd_config: Annotated[
-        str, typer.Option("--ndppd-config", help="ndppd's config (in --netns: /etc/netns/NS/...).")
+        str,
+        typer.Option(
+            "--ndppd-config", help="ndppd's config (in --netns: /etc/ztplan/netns/NS/...)."
+        ),
     ] = "/etc/ndppd.conf",
     ndppd_pidfile: Annotated[
         str | None, typer.Option("--ndppd-pidfile", help="The -p of an ndppd systemd does not run.")

@@ -50,7 +50,9 @@ class Host(Protocol):
 
     def config_path(self, path: str) -> str:
         """Where the target's copy of a config file lives: /etc/X of a namespace is
-        /etc/netns/NAME/X, the convention of `ip netns exec`."""
+        /etc/ztplan/netns/NAME/X. (Not `ip netns exec`'s /etc/netns/NAME/X: that one it
+        bind-mounts over /etc/X in every command run in the namespace, and complains on
+        each when the host has no /etc/X.)"""
         ...
 
     def read_file(self, path: str) -> str | None:
@@ -130,7 +132,7 @@ class LocalHost:
     def config_path(self, path: str) -> str:
         if self.netns is None or not path.startswith("/etc/"):
             return path
-        return os.path.join("/etc/netns", self.netns, path.removeprefix("/etc/"))
+        return os.path.join("/etc/ztplan/netns", self.netns, path.removeprefix("/etc/"))
 
     def read_file(self, path: str) -> str | None:
         try:

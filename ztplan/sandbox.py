@@ -118,7 +118,7 @@ def _start_ndppd() -> None:
 
 
 def _stop_ndppd() -> None:
-    """The ndppd that apply started in the sandbox, and the sandbox's /etc/netns files."""
+    """The ndppd that apply started in the sandbox, and the sandbox's config files."""
     import shutil
 
     from ztplan.host import LocalHost
@@ -126,7 +126,7 @@ def _stop_ndppd() -> None:
 
     if _exists(GATEWAY):
         Ndppd().stop(LocalHost(GATEWAY))
-    shutil.rmtree(f"/etc/netns/{GATEWAY}", ignore_errors=True)
+    shutil.rmtree(f"/etc/ztplan/netns/{GATEWAY}", ignore_errors=True)
 
 
 def sandbox_env() -> str:

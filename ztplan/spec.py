@@ -472,7 +472,7 @@ class Ndppd(_Model):
         pattern=r"^/[^\x00-\x1f]*$",
         description="Absolute path of the ndppd config file ztplan writes (whole file, "
         "atomically, mode 0644). With `--netns NAME`, a path under /etc/ is taken under "
-        "/etc/netns/NAME/, the `ip netns exec` convention.",
+        "/etc/ztplan/netns/NAME/.",
     )
     pidfile: str | None = Field(
         default=None,

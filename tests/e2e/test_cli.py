@@ -400,3 +400,37 @@ def test_import_adopt_then_plan_is_empty(tmp_path: Path, netns: str) -> None:
     plan = ztplan("plan", "gw.yaml", "--netns", netns, "--detailed-exitcode", cwd=tmp_path)
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "No changes. The live state matches the spec." in plan.stdout
+
+
+def test_validate_runs_the_checks_that_need_no_host(tmp_path: Path, spec: Path) -> None:
+    spec.write_text(
+        GATEWAY.replace('"-i zt+ -s 10.6.4.0/22 -j ACCEPT"', '"-i zt+ --bogus -j ACCEPT"')
+    )
+    if os.geteuid() == 0:  # the kernel check needs a scratch namespace
+        line = one_error_line(ztplan("validate", str(spec), cwd=tmp_path))
+        assert "firewall.ipv4.filter.FORWARD[0]: the kernel rejects this rule" in line
+    spec.write_text(
+        GATEWAY.replace(
+            'policy: {FORWARD: DROP}\n      FORWARD:\n        - "-i zt+ -s 10.6.4.0/22 -j ACCEPT"',
+            'policy: {FORWARD: DROP}\n      FORWARD:\n        - "-i eth0 -j ACCEPT"',
+            1,
+        )
+    )
+    done = ztplan("validate", str(spec), cwd=tmp_path)
+    assert done.returncode == 0
+    assert "Warning: firewall.ipv4.filter.policy.FORWARD: FORWARD policy DROP" in done.stderr
+
+
+@needs_netns
+def test_dropping_the_firewall_section_deletes_ztplan_rules_and_warns_about_drop(
+    tmp_path: Path, spec: Path, netns: str
+) -> None:
+    assert (
+        ztplan("apply", str(spec), "--netns", netns, "--auto-approve", cwd=tmp_path).returncode == 0
+    )
+    spec.write_text("version: 1\ntarget: {name: gw}\nsysctl: {net.ipv4.ip_forward: 1}\n")
+    done = ztplan("plan", str(spec), "--netns", netns, cwd=tmp_path)
+    assert "Plan: 0 to add, 0 to change, 6 to destroy." in done.stdout
+    assert (
+        "Warning: firewall.ipv4.filter.policy.FORWARD: the FORWARD policy stays DROP" in done.stdout
+    )

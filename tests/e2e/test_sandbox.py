@@ -50,6 +50,6 @@ def test_sandbox_up_demo_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     finally:
         done = ztplan("sandbox", "down", cwd=tmp_path)
     assert done.stdout.strip() == f"removed the controller emulator, {GATEWAY}, {PEER}"
-    assert not os.path.exists(f"/etc/netns/{GATEWAY}")
+    assert not os.path.exists(f"/etc/ztplan/netns/{GATEWAY}")
     status = ztplan("sandbox", "status", cwd=tmp_path)
     assert status.returncode == 1 and "down" in status.stdout

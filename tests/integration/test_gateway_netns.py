@@ -459,11 +459,11 @@ def test_reference_spec_plans_and_applies_everything(
                 {"target": "10.6.4.0/22", "via": None},
                 {"target": "2001:19f0:6001:1a6::/80", "via": None},
             ]
-            conf = Path(f"/etc/netns/{netns}/ndppd.conf").read_text()
+            conf = Path(f"/etc/ztplan/netns/{netns}/ndppd.conf").read_text()
             assert "rule 2001:19f0:6001:1a6::/80 {" in conf
         finally:
             Ndppd().stop(LocalHost(netns))
-            shutil.rmtree(f"/etc/netns/{netns}", ignore_errors=True)
+            shutil.rmtree(f"/etc/ztplan/netns/{netns}", ignore_errors=True)
 
 
 def test_the_shorthand_and_the_written_out_guide_plan_alike(

@@ -459,10 +459,11 @@ def test_two_spellings_of_one_rule_are_one_error_naming_the_second() -> None:
 
 
 def test_a_spec_without_a_firewall_wants_nothing() -> None:
+    """...and is still read: rules ztplan wrote earlier are deleted, as for a dropped family."""
     spec = parse_spec("version: 1\ntarget: {name: gw1}\n", "gw.yaml")
     normaliser = CannedNormaliser()
     firewall = Firewall(normalise=normaliser)
-    assert firewall.manages(spec) is False
+    assert firewall.manages(spec) is True
     assert firewall.desired(spec) == {}
     assert normaliser.calls == []
 

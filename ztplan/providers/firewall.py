@@ -333,7 +333,9 @@ class Firewall:
         """The spec's name, for errors about its rules."""
 
     def manages(self, spec: Spec) -> bool:
-        return spec.firewall is not None
+        """Always: rules ztplan wrote are its own whatever the spec says now, so a spec
+        without a firewall section deletes them (as it does without one family)."""
+        return True
 
     def desired(self, spec: Spec) -> dict[Address, Resource]:
         out: dict[Address, Resource] = {}
@@ -431,7 +433,31 @@ class Firewall:
         return Snapshot(resources=resources, raw=raw, digest=digest, parsed=parsed)
 
     def check(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
-        return []
+        """A DROP policy the spec no longer manages, over a chain whose ztplan rules all
+        go: what let traffic through is deleted and the DROP stays."""
+        findings = []
+        for address, resource in snapshot.resources.items():
+            if ".policy." not in address or resource.value != "DROP":
+                continue
+            family, table, _ = _split_address(address)
+            chain = address.rsplit(".", 1)[1]
+            fam = getattr(spec.firewall, family, None) if spec.firewall else None
+            spec_table = getattr(fam, table, None) if fam else None
+            if spec_table is not None and (
+                chain in spec_table.policy or chain in spec_table.chains
+            ):
+                continue
+            if _chain_address(family, table, chain) in snapshot.resources:  # owned rules there
+                findings.append(
+                    Finding(
+                        severity="warning",
+                        address=address,
+                        message=f"the {chain} policy stays DROP while ztplan deletes its "
+                        f"rules in {family} {table} {chain} (no longer in the spec): traffic "
+                        "they let through will be dropped; write the policy you want",
+                    )
+                )
+        return findings
 
     def apply(
         self,

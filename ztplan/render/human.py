@@ -87,7 +87,9 @@ def render_plan(plan: Plan, color: bool = False) -> str:
         out.append(_paint(f"{label}: ", code, color) + where + finding.message)
     if plan.findings:
         out.append("")
-    if not plan.changes:
+    if not plan.changes and plan.errors:
+        out.append(_paint("No changes planned, but the plan has errors (above).", "31;1", color))
+    elif not plan.changes:
         out.append(_paint("No changes. The live state matches the spec.", "32;1", color))
     else:
         out.append("ztplan will make these changes, in this order:")
