@@ -163,8 +163,6 @@ def _main(
 def _spec_findings(spec: Any, file: str) -> list[Any]:
     """What can be known without the live host: the cross-provider checks, ndppd's own,
     and (as root, in a scratch namespace) whether the kernel takes every rule."""
-    import os as _os
-
     from ztplan.checks import check_spec
     from ztplan.model import Snapshot
 
@@ -173,7 +171,7 @@ def _spec_findings(spec: Any, file: str) -> list[Any]:
         from ztplan.providers.ndppd import Ndppd
 
         findings += Ndppd().check(spec, Snapshot(resources={}, raw={}))
-    if spec.firewall is not None and _os.geteuid() == 0:
+    if spec.firewall is not None and os.geteuid() == 0:
         from ztplan.providers.firewall import Firewall, KernelNormaliser
 
         Firewall(normalise=KernelNormaliser(), file=file).desired(spec)  # raises on a bad rule
