@@ -161,6 +161,7 @@ def apply_plan(
         steps=[step_name(name, changes) for name, changes in planned],
         confirm_by=confirm_by,
         previous_state=previous.model_dump_json(indent=2) + "\n" if previous else None,
+        persist_root=str(persist.root) if persist is not None else None,
     )
     write_journal(journal_file, journal)
     touched: list[Provider] = []

@@ -55,6 +55,11 @@ class Journal(BaseModel):
     previous_state: str | None = Field(
         default=None, description="The state file before this apply (a revert puts it back)."
     )
+    persist_root: str | None = Field(
+        default=None,
+        description="--root of the boot files this apply wrote (a revert rewrites "
+        "them from the reverted live state).",
+    )
 
     def summary(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.started))

@@ -89,6 +89,17 @@ def revert(state_dir: Path, journal: Journal) -> tuple[list[str], list[str]]:
             failed.append(f"{name} ({error})")
         else:
             reverted.append(name)
+    if journal.persist_root is not None and not failed:  # boot files follow the live state
+        from ztplan.persist import make_persist
+
+        persist, _ = make_persist(spec.persist, Path(journal.persist_root), spec, journal.netns)
+        if persist is not None:
+            try:
+                persist.save(host, list(providers.values()))
+            except Exception as error:
+                failed.append(f"persist ({error})")
+            else:
+                reverted.append("persist")
     state = state_path(state_dir, journal.target)
     if journal.previous_state is not None:
         write_atomic(state, journal.previous_state)

@@ -219,3 +219,27 @@ def test_boot_files_follow_the_apply_and_boot_drift_is_reported(
     assert "rules.v6" not in drifted.stdout
     assert ztplan("apply", *where, "--auto-approve", cwd=tmp_path).returncode == 0
     assert "-A INPUT -j LOG" in (root / "etc/iptables/rules.v4").read_text()
+
+
+def test_a_revert_rewrites_the_boot_files_too(tmp_path: Path, spec: Path, netns: str) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    spec.write_text(SPEC + "persist: debian\n")
+    done = ztplan(
+        "apply",
+        str(spec),
+        "--netns",
+        netns,
+        "--root",
+        str(root),
+        "--auto-approve",
+        "--confirm-within",
+        "2",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    rules = root / "etc/iptables/rules.v4"
+    assert "--dport 22" in rules.read_text()
+    assert wait_for(lambda: "--dport 22" not in rules.read_text()), "boot file not reverted"
+    log = (tmp_path / "state" / "gw.revert.log").read_text()
+    assert "gw: reverted: firewall, persist" in log
