@@ -1,11 +1,12 @@
-"""The providers, in the order they are read. Explicit: no plugin discovery by name."""
+"""The providers: firewall, sysctl, ndppd, controller, member (one module each).
+
+They are built in `ztplan.plan.build_providers` with their I/O wired in, and imported there
+lazily where they need heavy libraries (httpx alone costs ~0.1 s). Apply order is
+`ztplan.order`'s, not this list's.
+"""
 
 from __future__ import annotations
 
 from ztplan.providers.base import Provider
 
-__all__ = ["PROVIDER_NAMES", "Provider"]
-
-PROVIDER_NAMES = ("firewall", "sysctl", "ndppd", "controller", "member")
-"""Every provider, in apply order (ztplan.order). They are built in ztplan.plan with their
-I/O wired in, and imported there lazily: httpx alone costs ~0.1 s to import."""
+__all__ = ["Provider"]
