@@ -106,3 +106,31 @@ def write_spec(directory: Path, text: str, name: str = "spec.yaml") -> Path:
     path = directory / name
     path.write_text(text)
     return path
+
+
+class Silent:
+    """A reporter that says nothing (apply's progress)."""
+
+    def step_started(self, step: object) -> None: ...
+    def step_done(self, step: object) -> None: ...
+    def rolled_back(self, step: object, ok: bool) -> None: ...
+
+
+def open_spec(
+    text: str, netns: str | None, state_dir: Path, name: str = "spec.yaml", **options: object
+):  # type: ignore[no-untyped-def]
+    """A run of the engine on spec `text` (written beside the state dir), as the CLI opens
+    one."""
+    import contextlib
+
+    from ztplan.run import Options, open_run
+
+    (state_dir.parent / name).write_text(text)
+    with contextlib.chdir(state_dir.parent):  # errors name `spec.yaml`, as a user's would
+        options.setdefault("state_dir", state_dir.resolve())
+        return open_run(Options(spec=name, netns=netns, **options))  # type: ignore[arg-type]
+
+
+def apply_spec(run, **kwargs: object):  # type: ignore[no-untyped-def]
+    """Apply a run without asking (the operator said yes)."""
+    return run.apply(approve=lambda plan: True, reporter=Silent(), **kwargs)

@@ -1,8 +1,16 @@
 """apply_plan: run a plan's steps in order, roll back on failure, write state.
 
-Never half-applied: when a step fails, every provider touched in this run (the failing
-one included: a firewall step may have restored IPv4 and failed on IPv6) is put back to
-the snapshot taken before, newest first, and the error says what was put back.
+Never half-applied: when a step fails (or the operator presses Ctrl-C, which stops after
+the current step), the steps made in this run, the failing one included (a firewall step
+may have restored IPv4 and failed on IPv6), are undone newest first, and the error says
+what was undone. Undoing a step undoes exactly its changes (`Provider.rollback`).
+
+Never strand members: a route through this gateway may be live on the controller while
+its announce step is being undone (a timed-out write that landed anyway). If undoing a
+controller step cannot be confirmed, the steps that make the gateway forward (firewall,
+sysctl, ndppd) are left in place, the error says so, and the journal keeps the record for
+the next plan: a gateway that forwards with no route is harmless, a route to a gateway
+that does not forward drops every member off the Internet.
 
 The snapshots come from the plan, read under the same lock. When time passed between the
 read and the go-ahead (a prompt), the host is read again first, and the apply is refused
@@ -13,19 +21,26 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from pydantic import JsonValue
 
+from ztplan.address import Address
 from ztplan.errors import ApplyFailed, StalePlan, ZtplanError
 from ztplan.host import Host
-from ztplan.journal import Journal, journal_path, mark_done, remove_journal, write_journal
-from ztplan.model import Address, Change, Plan, Snapshot, digest_of
+from ztplan.journal import (
+    Journal,
+    JournalStep,
+    journal_path,
+    log_event,
+    remove_journal,
+    write_journal,
+)
+from ztplan.model import Change, Plan, Snapshot, StepOutcome, digest_of
 from ztplan.order import steps
-from ztplan.persist import Persist
 from ztplan.providers import Provider
 from ztplan.state import StateFile, write_state
 
@@ -33,17 +48,22 @@ __all__ = [
     "ApplyResult",
     "Reporter",
     "apply_plan",
+    "claims_of",
     "load_plan",
+    "plan_steps",
     "refuse_if_stale",
     "refuse_stale_saved_plan",
-    "step_name",
+    "undo_steps",
 ]
+
+FORWARDING = ("firewall", "sysctl", "ndppd")
+"""What makes the gateway forward: kept in place while a route through it may be live."""
 
 
 class Reporter(Protocol):
-    def step_started(self, provider: str, changes: Sequence[Change]) -> None: ...
-    def step_done(self, provider: str, changes: Sequence[Change]) -> None: ...
-    def rolled_back(self, provider: str, ok: bool) -> None: ...
+    def step_started(self, step: JournalStep) -> None: ...
+    def step_done(self, step: JournalStep) -> None: ...
+    def rolled_back(self, step: JournalStep, ok: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,15 @@ class ApplyResult:
     state: StateFile
     journal: Journal
     """Kept on disk when the apply awaits confirmation."""
+    steps: list[StepOutcome]
+
+
+def plan_steps(changes: Sequence[Change]) -> list[JournalStep]:
+    """The plan's changes as steps: consecutive changes of one provider in one phase."""
+    return [
+        JournalStep(index=i, provider=provider, phase=batch[0].phase, changes=batch)
+        for i, (provider, batch) in enumerate(steps(changes))
+    ]
 
 
 def refuse_if_stale(plan: Plan, host: Host, providers: Sequence[Provider]) -> dict[str, Snapshot]:
@@ -74,10 +103,6 @@ def _crash_point(point: str) -> None:
     """Test hook: die here as a power cut would (ZTPLAN_TEST_KILL_AT=step:N|state)."""
     if os.environ.get("ZTPLAN_TEST_KILL_AT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def step_name(provider: str, changes: Sequence[Change]) -> str:
-    return f"{provider} ({changes[0].phase})" if changes and changes[0].phase else provider
 
 
 def load_plan(path: Path) -> Plan:
@@ -125,6 +150,47 @@ def refuse_stale_saved_plan(name: str, saved: Plan, fresh: Plan, state: StateFil
         )
 
 
+def claims_of(desired: Mapping[Address, JsonValue], ndppd_config: str | None) -> dict[str, str]:
+    """What a target holds that no other target on its host may hold differently."""
+    claims = {
+        str(a): str(v)
+        for a, v in desired.items()
+        if a.provider == "sysctl" or (a.provider == "firewall" and ".policy." in a)
+    }
+    if ndppd_config is not None:
+        claims["ndppd.config"] = ndppd_config
+    return claims
+
+
+def undo_steps(
+    done: Sequence[JournalStep],
+    snapshots: Mapping[str, Snapshot],
+    host: Host,
+    providers: Mapping[str, Provider],
+    on_step: Callable[[JournalStep, Exception | None], None],
+) -> tuple[list[str], list[str]]:
+    """Undo `done`, newest first; (undone, not undone) step names. Once a controller step
+    cannot be undone, the steps that make the gateway forward are kept (module docstring)."""
+    undone: list[str] = []
+    kept: list[str] = []
+    route_may_be_live = False
+    for step in reversed(done):
+        if route_may_be_live and step.provider in FORWARDING:
+            kept.append(f"{step.name} (kept: a route through this gateway may be live)")
+            on_step(step, ZtplanError("kept"))
+            continue
+        try:
+            providers[step.provider].rollback(host, snapshots[step.provider], step.changes)
+        except Exception as error:  # keep going: put back as much as possible
+            kept.append(f"{step.name} ({error})")
+            route_may_be_live |= step.provider == "controller"
+            on_step(step, error)
+        else:
+            undone.append(step.name)
+            on_step(step, None)
+    return undone, kept
+
+
 def apply_plan(
     plan: Plan,
     snapshots: Mapping[str, Snapshot],
@@ -133,90 +199,100 @@ def apply_plan(
     reporter: Reporter,
     state_dir: Path,
     previous: StateFile | None,
-    managed: Mapping[Address, JsonValue],
+    *,
     spec_text: str = "",
+    root: str = "/",
     confirm_by: float | None = None,
-    carried: Mapping[Address, str] | None = None,
-    persist: Persist | None = None,
+    claims: Mapping[str, str] | None = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> ApplyResult:
-    """Apply `plan` (made from `snapshots`, which must be current) and record `managed`,
-    the desired value of every resource the spec manages, as the new state.
+    """Apply `plan` (made from `snapshots`, which must be current) and record the digests
+    of its desired values as the new state (a partial plan: of what it changed, the rest
+    carried over from `previous`).
 
     A journal in `state_dir` follows the steps (crash recovery); with `confirm_by` it is
     kept after success, for the revert that happens unless `ztplan confirm` comes first.
-    `carried`: digests of resources this (partial, --target) apply leaves as they were.
-    With `persist`, the plan's persist changes are made last, from a fresh read.
+    `stop()` is asked before each step (Ctrl-C): true stops there and undoes what was done.
     """
     by_name = {p.name: p for p in providers}
-    # persist is no provider: its step saves what the others left (ztplan.persist).
-    boot = [c for c in plan.changes if c.provider == "persist"]
-    planned = [(name, changes) for name, changes in steps(plan.changes) if name != "persist"]
+    planned = plan_steps(plan.changes)
     journal_file = journal_path(state_dir, plan.target)
     journal = Journal(
         target=plan.target,
         netns=host.netns,
+        root=root,
         spec_file=plan.spec.path,
         spec_text=spec_text,
-        snapshots={name: snapshots[name].raw for name, _ in planned},
-        steps=[step_name(name, changes) for name, changes in planned],
+        snapshots={s.provider: snapshots[s.provider].raw for s in planned},
+        steps=planned,
         confirm_by=confirm_by,
         previous_state=previous.model_dump_json(indent=2) + "\n" if previous else None,
-        persist_root=str(persist.root) if persist is not None else None,
     )
     write_journal(journal_file, journal)
-    touched: list[Provider] = []
+    made: list[JournalStep] = []
+    outcomes = {s.index: "not run" for s in planned}
+    errors: dict[int, str] = {}
 
-    def failed(step: str, error: Exception) -> ApplyFailed:
-        cause = str(error) if isinstance(error, ZtplanError) else repr(error)
-        rolled, not_rolled = _rollback(touched, snapshots, host, reporter)
+    def undone(step: JournalStep, error: Exception | None) -> None:
+        if error is None:
+            outcomes[step.index] = "rolled back"
+            log_event(journal_file, journal, "undone", step.index)
+        else:
+            outcomes[step.index] = "not rolled back"
+            errors[step.index] = str(error)
+            log_event(journal_file, journal, "stuck", step.index)
+        reporter.rolled_back(step, error is None)
+
+    def failed(step: str, cause: str) -> ApplyFailed:
+        rolled, not_rolled = undo_steps(made, snapshots, host, by_name, undone)
         if not not_rolled:
             remove_journal(journal_file)  # all put back: nothing left to recover
-        return ApplyFailed(step, cause, rolled, not_rolled)
+        error = ApplyFailed(step, cause, rolled, not_rolled)
+        error.steps = _outcomes(planned, outcomes, errors)
+        return error
 
-    for number, (name, changes) in enumerate(planned):
-        _crash_point(f"step:{number}")
-        provider = by_name[name]
-        reporter.step_started(name, changes)
-        # The snapshot describes the host only until this provider's first step changes it.
-        before = None if provider in touched else snapshots[name]
-        if provider not in touched:
-            touched.append(provider)
+    for step in planned:
+        if stop():
+            raise failed(step.name, "interrupted (Ctrl-C) before this step")
+        _crash_point(f"step:{step.index}")
+        reporter.step_started(step)
+        made.append(step)
         try:
-            provider.apply(host, changes, plan.desired, before)
+            by_name[step.provider].apply(host, step.changes, snapshots[step.provider])
         except Exception as error:  # any failure, a bug included, rolls back
-            raise failed(name, error) from error
-        mark_done(journal_file, journal, step_name(name, changes))
-        reporter.step_done(name, changes)
-    if persist is not None and boot:
-        reporter.step_started("persist", boot)
-        try:  # all or nothing itself: on failure the old boot files are back
-            persist.save(host, providers)
-        except Exception as error:
-            raise failed("persist", error) from error
-        reporter.step_done("persist", boot)
+            outcomes[step.index] = "failed"
+            errors[step.index] = str(error) if isinstance(error, ZtplanError) else repr(error)
+            raise failed(step.name, errors[step.index]) from error
+        outcomes[step.index] = "done"
+        log_event(journal_file, journal, "done", step.index)
+        reporter.step_done(step)
     _crash_point("state")
     # Each step is a transaction that either took whole or raised (and the controller and
-    # member steps re-read what they wrote), so what the spec asks is now what is live.
-    digests = dict(carried or {})
-    digests.update((address, digest_of(value)) for address, value in managed.items())
-    state = write_state(state_dir, previous, plan.target, host.netns, plan.spec, digests)
+    # member steps re-read what they wrote), so what the plan asks is now what is live.
+    if plan.partial is not None:
+        digests = dict(previous.resources) if previous else {}
+        touched = {c.address for c in plan.changes}
+        digests.update((a, digest_of(v)) for a, v in plan.desired.items() if a in touched)
+    else:
+        digests = {a: digest_of(v) for a, v in plan.desired.items()}
+    state = write_state(
+        state_dir, previous, plan.target, host.netns, plan.spec, digests, dict(claims or {})
+    )
     if confirm_by is None:
         remove_journal(journal_file)
-    return ApplyResult(state=state, journal=journal)
+    return ApplyResult(state=state, journal=journal, steps=_outcomes(planned, outcomes, errors))
 
 
-def _rollback(
-    touched: Sequence[Provider], snapshots: Mapping[str, Snapshot], host: Host, reporter: Reporter
-) -> tuple[list[str], list[str]]:
-    rolled: list[str] = []
-    not_rolled: list[str] = []
-    for provider in reversed(touched):
-        try:
-            provider.rollback(host, snapshots[provider.name])
-        except Exception as error:  # keep going: put back as much as possible
-            not_rolled.append(f"{provider.name} ({error})")
-            reporter.rolled_back(provider.name, False)
-        else:
-            rolled.append(provider.name)
-            reporter.rolled_back(provider.name, True)
-    return rolled, not_rolled
+def _outcomes(
+    planned: Sequence[JournalStep], outcomes: Mapping[int, str], errors: Mapping[int, str]
+) -> list[StepOutcome]:
+    return [
+        StepOutcome(
+            provider=s.provider,
+            phase=s.phase,
+            changes=len(s.changes),
+            status=outcomes[s.index],  # type: ignore[arg-type]
+            error=errors.get(s.index),
+        )
+        for s in planned
+    ]

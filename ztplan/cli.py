@@ -1,25 +1,34 @@
-"""The command line: parse, call the engine, render, exit. The only place exit codes live.
+"""The command line: options -> `ztplan.run` -> `ztplan.render` -> exit code.
 
-Exit codes (Terraform's): 0 success (and, with --detailed-exitcode, no changes); 2 success
-with changes (--detailed-exitcode only); 1 any error, as one line on stderr.
-Heavy modules are imported inside the commands so `ztplan --help` stays fast.
+Exit codes (Terraform's), and only here: 0 success (with --detailed-exitcode: no changes);
+2 success with changes (--detailed-exitcode, and `drift` always); 1 any error, usage errors
+included (click's own 2 never leaks out), as one line on stderr. `--debug` (a traceback
+with errors) and `--no-color` are understood anywhere on the line. Heavy modules are
+imported inside the commands, so `ztplan --help` stays fast.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 if TYPE_CHECKING:
     from ztplan.model import Plan
+    from ztplan.run import Run
+
+# typer 0.29 prints each argument's Python type (`<str>`) in plain help; the metavars say
+# what to pass, in the words a user knows.
+if hasattr(typer.core, "TyperArgument"):
+    typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="ztplan",
@@ -29,13 +38,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=True,
     rich_markup_mode=None,  # plain help: importing rich's formatter costs ~50 ms per run
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 sandbox_app = typer.Typer(
-    help="A throwaway gateway in a network namespace to try ztplan on.", no_args_is_help=True
+    help="A throwaway gateway in a network namespace to try ztplan on.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(sandbox_app, name="sandbox")
 
-_debug = False
+DEFAULT_SPEC = "specs/gateway.yaml"
+"""What `plan` and `validate` read when no spec is named (README says so); `apply` and
+`drift` never guess: they change or judge a host."""
+_flags = {"debug": False, "color": True}
 
 
 class Format(StrEnum):
@@ -51,28 +66,39 @@ class DriftFormat(StrEnum):
     prometheus = "prometheus"
 
 
+class ControllerKind(StrEnum):
+    central = "central"
+    local = "local"
+
+
 SpecArg = Annotated[
     str | None,
     typer.Argument(
-        help="Spec file (default specs/gateway.yaml); a path inside --repo with --ref.",
+        metavar="[SPEC]",
+        help=f"Spec file (plan, validate: default {DEFAULT_SPEC}).",
         show_default=False,
     ),
 ]
 RepoOpt = Annotated[
     str | None,
-    typer.Option("--repo", help="Git repository (a path, or a URL cloned into the state dir)."),
+    typer.Option(
+        "--repo",
+        metavar="DIR|URL",
+        help="Git repository (a path, or a URL cloned into the state dir) to read the spec from.",
+    ),
 ]
-FetchOpt = Annotated[
-    bool, typer.Option("--fetch", help="Fetch the --repo URL's branches and tags first.")
+FetchOpt = Annotated[bool, typer.Option("--fetch", help="Fetch the --repo URL first.")]
+RefOpt = Annotated[str | None, typer.Option("--ref", metavar="REF", help="Commit, branch or tag.")]
+NetnsOpt = Annotated[
+    str | None, typer.Option("--netns", metavar="NAME", help="Act inside this network namespace.")
 ]
-RefOpt = Annotated[
-    str | None, typer.Option("--ref", help="Commit, branch or tag to read the spec at.")
-]
-NetnsOpt = Annotated[str | None, typer.Option("--netns", help="Act inside this network namespace.")]
 StateDirOpt = Annotated[
     Path,
     typer.Option(
-        "--state-dir", envvar="ZTPLAN_STATE_DIR", help="Where state, locks and caches live."
+        "--state-dir",
+        metavar="DIR",
+        envvar="ZTPLAN_STATE_DIR",
+        help="Where state, locks and caches live.",
     ),
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", help="Output format.")]
@@ -81,32 +107,47 @@ TargetOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--target",
-        help="Only this resource address (or prefix, e.g. firewall.ipv4) and what it depends "
-        "on; repeatable. The plan says it is partial.",
+        metavar="ADDRESS",
+        help="Only this resource address (or prefix, "
+        "e.g. firewall.ipv4) and what it depends on; repeatable.",
     ),
 ]
 RootOpt = Annotated[
     Path,
     typer.Option(
         "--root",
+        metavar="DIR",
         envvar="ZTPLAN_ROOT",
-        help="Where the spec's `persist` writes boot files (etc/iptables/...): / on a real "
-        "host; a scratch directory for a namespace.",
+        help="Where `persist` writes boot files: / on a real host.",
     ),
 ]
 LockTimeoutOpt = Annotated[
     float,
     typer.Option(
-        "--lock-timeout", help="Seconds to wait for the target's lock (default: fail at once)."
+        "--lock-timeout",
+        metavar="SECONDS",
+        help="Wait this long for the target's lock (default: fail at once).",
     ),
 ]
 
 
-def _fail(message: str, as_json: bool) -> NoReturn:
-    if as_json:
-        print(json.dumps({"error": message}), file=sys.stderr)
-    else:
-        print(f"Error: {message}", file=sys.stderr)
+def _color() -> bool:
+    return _flags["color"] and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text)
+
+
+def _fail(lines: list[str], as_json: bool) -> NoReturn:
+    from ztplan import render
+
+    for line in lines:
+        _err(render.error(line, as_json))
     raise typer.Exit(1)
 
 
@@ -117,169 +158,108 @@ def _guard(as_json: bool, body: Callable[[], int]) -> None:
     try:
         code = body()
     except ZtplanError as error:
-        if _debug:
+        if _flags["debug"]:
             traceback.print_exc()
-        _fail(str(error), as_json)
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        _fail(error.lines(), as_json)
+    except (typer.Exit, typer.Abort, KeyboardInterrupt, BrokenPipeError):
         raise
     except Exception as error:  # a bug: say so, show the traceback only with --debug
-        if _debug:
+        if _flags["debug"]:
             traceback.print_exc()
         _fail(
-            f"internal error: {error.__class__.__name__}: {error} "
-            "(run with --debug for a traceback and report it)",
+            [
+                f"internal error: {error.__class__.__name__}: {error} "
+                "(run with --debug for a traceback and report it)"
+            ],
             as_json,
         )
     raise typer.Exit(code)
 
 
-def _color() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+def _version(value: bool) -> None:
+    if value:
+        from ztplan import __version__
 
-
-def _emit(plan: Plan, fmt: Format) -> None:
-    if fmt is Format.json:
-        from ztplan.render.jsonplan import render_json
-
-        sys.stdout.write(render_json(plan))
-    elif fmt is Format.markdown:
-        from ztplan.render.markdown import render_markdown
-
-        sys.stdout.write(render_markdown(plan))
-    else:
-        from ztplan.render.human import render_plan
-
-        sys.stdout.write(render_plan(plan, color=_color()))
+        print(f"ztplan {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Tracebacks with errors (anywhere).")
+    ] = False,
+    no_color: Annotated[
+        bool, typer.Option("--no-color", help="No colours (also: NO_COLOR set, or not a tty).")
+    ] = False,
 ) -> None:
-    global _debug
-    _debug = debug
+    _flags["debug"] = _flags["debug"] or debug
+    _flags["color"] = _flags["color"] and not no_color
 
 
-def _spec_findings(spec: Any, file: str) -> list[Any]:
-    """What can be known without the live host: the cross-provider checks, ndppd's own,
-    and (as root, in a scratch namespace) whether the kernel takes every rule."""
-    from ztplan.checks import check_spec
-    from ztplan.model import Snapshot
+def _options(spec: str | None, **given: Any) -> Any:
+    from ztplan.run import Options
 
-    findings = list(check_spec(spec, None))
-    if spec.ndppd is not None:
-        from ztplan.providers.ndppd import Ndppd
-
-        findings += Ndppd().check(spec, Snapshot(resources={}, raw={}))
-    if spec.firewall is not None and os.geteuid() == 0:
-        from ztplan.providers.firewall import Firewall, KernelNormaliser
-
-        Firewall(normalise=KernelNormaliser(), file=file).desired(spec)  # raises on a bad rule
-    return findings
+    targets = tuple(given.pop("targets", None) or ())
+    return Options(spec=spec, targets=targets, **given)
 
 
-@app.command()
+def _open(spec: str | None, **given: Any) -> Run:
+    from ztplan.run import open_run
+
+    return open_run(_options(spec, **given))
+
+
+def _needs(spec: str | None, what: str) -> str:
+    if spec is None:
+        from ztplan.errors import ZtplanError
+
+        raise ZtplanError(f"name the spec to {what}: ztplan {what} SPEC", "no default is guessed")
+    return spec
+
+
+@app.command(short_help="Check a spec without touching anything.")
 def validate(
     spec: SpecArg = None,
     repo: RepoOpt = None,
     ref: RefOpt = None,
     json_: JsonOpt = False,
     expand: Annotated[
-        bool, typer.Option("--expand", help="Print the spec with the gateway shorthand expanded.")
+        bool, typer.Option("--expand", help="Print it with the gateway shorthand written out.")
     ] = False,
 ) -> None:
     """Check the spec (schema and meaning) without touching live state."""
 
     def body() -> int:
-        from ztplan.source import read_spec
+        from ztplan import render
+        from ztplan.errors import ZtplanError
+        from ztplan.run import validate_spec
 
-        loaded, source = read_spec(spec, repo, ref)
-        findings = _spec_findings(loaded, source.path)
-        for finding in findings:
-            where = f"{finding.address}: " if finding.address else ""
-            print(f"{finding.severity.capitalize()}: {where}{finding.message}", file=sys.stderr)
-        errors = [f for f in findings if f.severity == "error"]
+        loaded, source, found = validate_spec(_options(spec or DEFAULT_SPEC, repo=repo, ref=ref))
+        _err(render.findings(found))
+        errors = [f for f in found if f.severity == "error"]
         if errors:
-            from ztplan.errors import ZtplanError
-
             raise ZtplanError(f"{source.path}: {len(errors)} error(s): {errors[0].message}")
         if expand:
-            from ztplan.gateway import dump_data, dump_spec
+            from ztplan.run import expanded
 
-            sys.stdout.write(
-                json.dumps(dump_data(loaded), indent=2) + "\n" if json_ else dump_spec(loaded)
-            )
-        elif json_:
-            print(
-                json.dumps(
-                    {"valid": True, "spec": source.model_dump(), "target": loaded.target.name}
-                )
-            )
+            _out(expanded(loaded, json_))
         else:
-            print(f"{source.path}: valid (target {loaded.target.name})")
+            _out(render.validation(source, loaded.target.name, "json" if json_ else "human"))
         return 0
 
     _guard(json_, body)
 
 
-def _prepare(
-    spec: str | None,
-    repo: str | None,
-    ref: str | None,
-    netns: str | None,
-    state_dir: Path,
-    fetch: bool = False,
-) -> Any:
-    from ztplan.host import LocalHost
-    from ztplan.plan import build_providers
-    from ztplan.source import read_spec
-    from ztplan.state import read_state
-
-    loaded, source = read_spec(spec, repo, ref, cache_dir=state_dir / "cache", fetch=fetch)
-    host = LocalHost(netns)
-    providers = build_providers(loaded, source.path, state_dir / "cache")
-    previous = read_state(state_dir, loaded.target.name)
-    return loaded, source, host, providers, previous
-
-
-def _journal_notes(state_dir: Path, target: str) -> list[Any]:
-    """What an earlier apply's journal says: interrupted, or waiting for confirmation.
-    An interrupted apply's finding has the address `apply.interrupted`."""
-    import time
-
-    from ztplan.journal import journal_path, read_journal
-    from ztplan.lock import pid_alive
-    from ztplan.model import Finding
-
-    journal = read_journal(journal_path(state_dir, target))
-    if journal is None:
-        return []
-    if journal.confirm_by is not None and journal.confirm_by > time.time():
-        left = int(journal.confirm_by - time.time())
-        return [
-            Finding(
-                severity="warning",
-                address="apply.unconfirmed",
-                message=f"the last apply is not confirmed: it is reverted in {left} s "
-                f"unless `ztplan confirm --target-name {target}` comes first",
-            )
-        ]
-    if pid_alive(journal.pid, journal.host):
-        return []
-    return [
-        Finding(
-            severity="warning",
-            address="apply.interrupted",
-            message=journal.summary() + "; this plan is made from the live state as it is",
-        )
-    ]
-
-
-@app.command()
+@app.command(short_help="Show what apply would change.")
 def plan(
     spec: SpecArg = None,
     repo: RepoOpt = None,
     ref: RefOpt = None,
+    fetch: FetchOpt = False,
     netns: NetnsOpt = None,
     state_dir: StateDirOpt = Path("state"),
     fmt: FormatOpt = Format.human,
@@ -291,46 +271,36 @@ def plan(
         ),
     ] = False,
     out: Annotated[
-        Path | None, typer.Option("-o", "--out", help="Also save the plan (JSON).")
+        Path | None,
+        typer.Option(
+            "-o", "--out", metavar="FILE", help="Also save the plan, to apply it exactly."
+        ),
     ] = None,
     lock_timeout: LockTimeoutOpt = 0.0,
     target: TargetOpt = None,
-    fetch: FetchOpt = False,
     root: RootOpt = Path("/"),
 ) -> None:
     """Show what apply would change."""
     fmt = Format.json if json_ else fmt
 
     def body() -> int:
-        import contextlib
+        from ztplan import render
+        from ztplan.errors import ZtplanError
 
-        from ztplan.lock import lock_path, locked
-        from ztplan.persist import make_persist
-        from ztplan.plan import make_plan
-        from ztplan.state import write_atomic
-
-        loaded, source, host, providers, previous = _prepare(
-            spec, repo, ref, netns, state_dir, fetch
+        run = _open(
+            spec or DEFAULT_SPEC,
+            repo=repo,
+            ref=ref,
+            fetch=fetch,
+            netns=netns,
+            state_dir=state_dir,
+            targets=target,
+            lock_timeout=lock_timeout,
+            root=root,
         )
-        persist, said = make_persist(loaded.persist, root, loaded, host.netns)
-        guard = (
-            locked(lock_path(state_dir, loaded.target.name), "plan", lock_timeout)
-            if out
-            else contextlib.nullcontext()
-        )
-        with guard:
-            notes = [*_journal_notes(state_dir, loaded.target.name), *said]
-            result, _ = make_plan(
-                loaded, source, host, providers, previous, notes, target or (), persist
-            )
-            if out:
-                from ztplan.render.jsonplan import render_json
-
-                write_atomic(out, render_json(result), mode=0o600)
-        _emit(result, fmt)
+        result = run.plan(out)
+        _out(render.plan(result, fmt.value, _color()))
         if result.errors:
-            from ztplan.errors import ZtplanError
-
             raise ZtplanError(
                 f"the plan has {len(result.errors)} error(s): {result.errors[0].message}"
             )
@@ -339,44 +309,76 @@ def plan(
     _guard(fmt is Format.json, body)
 
 
-def _confirm() -> bool:
-    print("\nDo you want to apply these changes? Only 'yes' will be accepted.", file=sys.stderr)
+class _Stopper:
+    """Ctrl-C during an apply: the first stops after the current step and undoes what was
+    done; a second one stops at once (the journal tells the next run what was done).
+    Before the go-ahead (`arm`), Ctrl-C is an ordinary interrupt."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.stopping = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Stopper:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def requested(self) -> bool:
+        return self.stopping
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.armed or self.stopping:
+            raise KeyboardInterrupt
+        self.stopping = True
+        _err(
+            "\nStopping after the current step; what was applied will be undone. "
+            "Ctrl-C again to stop at once.\n"
+        )
+
+
+def _ask() -> bool:
+    _err("\nDo you want to apply these changes? Only 'yes' will be accepted.\n")
     try:
-        answer = input("  Enter a value: ")
-    except EOFError:
+        return input("  Enter a value: ").strip() == "yes"
+    except (EOFError, KeyboardInterrupt):
         return False
-    return answer.strip() == "yes"
 
 
-@app.command()
+@app.command(short_help="Make the changes, in a safe order, under the lock.")
 def apply(
     spec: Annotated[
         str | None,
         typer.Argument(
-            help="Spec file (default specs/gateway.yaml), or a plan saved with plan -o (*.json).",
+            metavar="SPEC|PLANFILE",
+            help="Spec file, or a plan saved with plan -o (*.json).",
             show_default=False,
         ),
     ] = None,
     repo: RepoOpt = None,
     ref: RefOpt = None,
+    fetch: FetchOpt = False,
     netns: NetnsOpt = None,
     state_dir: StateDirOpt = Path("state"),
     fmt: FormatOpt = Format.human,
     json_: JsonOpt = False,
-    auto_approve: Annotated[
-        bool, typer.Option("--auto-approve", help="Apply without asking.")
-    ] = False,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Do not ask.")] = False,
     lock_timeout: LockTimeoutOpt = 0.0,
     confirm_within: Annotated[
         float,
         typer.Option(
             "--confirm-within",
-            help="Revert everything by itself unless `ztplan confirm` (or a keypress here) "
-            "comes within SECONDS; the revert survives this session dying.",
+            metavar="SECONDS",
+            help="Undo it all by itself unless `ztplan "
+            "confirm` (or Enter here) comes in time; survives this session dying.",
         ),
     ] = 0.0,
     target: TargetOpt = None,
-    fetch: FetchOpt = False,
     allow_non_descendant: Annotated[
         bool,
         typer.Option(
@@ -386,10 +388,7 @@ def apply(
     ] = False,
     require_signed: Annotated[
         bool,
-        typer.Option(
-            "--require-signed",
-            help="Refuse a spec commit without a good signature (git verify-commit).",
-        ),
+        typer.Option("--require-signed", help="Refuse a spec commit without a good signature."),
     ] = False,
     root: RootOpt = Path("/"),
 ) -> None:
@@ -397,95 +396,56 @@ def apply(
     fmt = Format.json if json_ else fmt
 
     def body() -> int:
-        import time
+        from ztplan import render
+        from ztplan.errors import ApplyFailed
+        from ztplan.run import Cancelled
 
-        from ztplan.apply import apply_plan, load_plan, refuse_if_stale, refuse_stale_saved_plan
-        from ztplan.errors import ZtplanError
-        from ztplan.host import LocalHost
-        from ztplan.lock import lock_path, locked
-        from ztplan.persist import make_persist
-        from ztplan.plan import build_providers, make_plan
-        from ztplan.render.human import HumanReporter
-        from ztplan.spec import parse_spec
-        from ztplan.state import read_state
+        run = _open(
+            _needs(spec, "apply"),
+            repo=repo,
+            ref=ref,
+            fetch=fetch,
+            netns=netns,
+            state_dir=state_dir,
+            targets=target,
+            lock_timeout=lock_timeout,
+            root=root,
+        )
+        stopper = _Stopper()
 
-        saved = load_plan(Path(spec)) if spec and spec.endswith(".json") else None
-        if saved is not None:  # exactly the plan that was reviewed
-            if netns is not None and netns != saved.netns:
-                raise ZtplanError(f"{spec}: the plan is for netns {saved.netns}, not {netns}")
-            loaded = parse_spec(saved.spec_text or "", saved.spec.path)
-            source, host = saved.spec, LocalHost(saved.netns)
-            providers = build_providers(loaded, source.path, state_dir / "cache")
-        else:
-            loaded, source, host, providers, _ = _prepare(spec, repo, ref, netns, state_dir, fetch)
-        target_name = loaded.target.name
-        persist, said = make_persist(loaded.persist, root, loaded, host.netns)
-        with locked(lock_path(state_dir, target_name), "apply", lock_timeout):
-            previous = read_state(state_dir, target_name)
-            if source.repo is not None:
-                from ztplan.source import check_commit, resolve_repo
+        def shown(result: Plan) -> None:
+            if fmt is not Format.json:
+                _out(render.plan(result, fmt.value, _color()))
+            if run.saved is not None or auto_approve:
+                stopper.arm()
 
-                check_commit(
-                    source,
-                    resolve_repo(source.repo, state_dir / "cache"),
-                    previous.spec.commit if previous else None,
-                    allow_non_descendant,
-                    require_signed,
+        def approve(result: Plan) -> bool:
+            if not auto_approve and not _ask():
+                return False
+            stopper.arm()
+            return True
+
+        try:
+            with stopper:
+                outcome = run.apply(
+                    approve=approve,
+                    reporter=render.reporter(_color()),
+                    shown=shown,
+                    confirm_within=confirm_within,
+                    allow_non_descendant=allow_non_descendant,
+                    require_signed=require_signed,
+                    stop=stopper.requested,
                 )
-            elif require_signed:
-                raise ZtplanError(f"{source.path}: --require-signed needs --repo and --ref")
-            notes = _journal_notes(state_dir, target_name)
-            targets = target or ()
-            result, snapshots = make_plan(
-                loaded, source, host, providers, previous, [*notes, *said], targets, persist
-            )
-            if saved is not None:
-                refuse_stale_saved_plan(str(spec), saved, result, previous)
-                result = saved  # the reviewed changes, against the same live state
-            _emit(result, fmt)
-            if result.errors:
-                raise ZtplanError(
-                    f"the plan has {len(result.errors)} error(s); nothing was applied: "
-                    f"{result.errors[0].message}"
-                )
-            interrupted = any(n.address == "apply.interrupted" for n in notes)
-            if not result.has_changes and not interrupted:
-                return 0
-            if not result.has_changes:
-                print("Recording the state an interrupted apply left unrecorded.", file=sys.stderr)
-            elif not auto_approve and saved is None:
-                if not _confirm():
-                    print("Apply cancelled; nothing was changed.", file=sys.stderr)
-                    return 1
-                # Time passed while we asked: apply only what was approved.
-                snapshots = refuse_if_stale(result, host, providers)
-            confirm_by = time.time() + confirm_within if confirm_within > 0 else None
-            managed, carried = result.desired, None
-            if any(f.address == "target" for f in result.findings):  # a partial apply
-                touched = {c.address for c in result.changes}
-                managed = {a: v for a, v in result.desired.items() if a in touched}
-                carried = previous.resources if previous else {}
-            done = apply_plan(
-                result,
-                snapshots,
-                host,
-                providers,
-                HumanReporter(_color()),
-                state_dir,
-                previous,
-                managed,
-                spec_text=loaded._text,
-                confirm_by=confirm_by,
-                carried=carried,
-                persist=persist,
-            )
-            if confirm_by is not None:
-                from ztplan.revert import arm_reverter
-
-                arm_reverter(state_dir, target_name, done.journal)
-        print(f"Apply complete. State serial {done.state.serial} written.", file=sys.stderr)
-        if confirm_by is not None:  # the lock is released: the reverter may need it
-            return _await_confirmation(state_dir, target_name, confirm_by)
+        except Cancelled as said:
+            _err(f"{said}\n")
+            return 1
+        except ApplyFailed as failed:
+            if fmt is Format.json:
+                _out(render.apply_outcome(failed.outcome(run.target), "json"))
+            raise
+        (_out if fmt is Format.json else _err)(render.apply_outcome(outcome, fmt.value, _color()))
+        if outcome.confirm_by is not None:  # the lock is released: the reverter may need it
+            return _await_confirmation(state_dir, run.target, outcome.confirm_by)
         return 0
 
     _guard(fmt is Format.json, body)
@@ -496,59 +456,44 @@ def _await_confirmation(state_dir: Path, target: str, confirm_by: float) -> int:
     import select
     import time
 
-    from ztplan.revert import confirm
+    from ztplan.run import confirm_apply
 
     left = int(confirm_by - time.time())
-    how = f"ztplan confirm --target-name {target} --state-dir {state_dir}"
+    how = f"ztplan confirm --target-name {target}" + (
+        "" if state_dir == Path("state") else f" --state-dir {state_dir}"
+    )
     if not sys.stdin.isatty():
-        print(
-            f"Not confirmed yet: run `{how}` within {left} s, or the changes are reverted.",
-            file=sys.stderr,
-        )
+        _err(f"Not confirmed yet: run `{how}` within {left} s, or the changes are reverted.\n")
         return 0
-    print(
+    _err(
         f"Press Enter within {left} s to keep these changes (or run `{how}`); "
-        "otherwise they are reverted.",
-        file=sys.stderr,
+        "otherwise they are reverted.\n"
     )
     ready, _, _ = select.select([sys.stdin], [], [], max(confirm_by - time.time(), 0))
     if ready and sys.stdin.readline():
-        confirm(state_dir, target)
-        print("Confirmed: the changes stay.", file=sys.stderr)
+        confirm_apply(state_dir, target)
+        _err("Confirmed: the changes stay.\n")
         return 0
-    print("No confirmation: the changes are being reverted.", file=sys.stderr)
+    _err("No confirmation: the changes are being reverted.\n")
     return 1
 
 
-@app.command("confirm")
+@app.command("confirm", short_help="Keep an apply made with --confirm-within.")
 def confirm_cmd(
     target: Annotated[
         str | None,
-        typer.Option("--target-name", help="The target (default: the only one waiting)."),
+        typer.Option(
+            "--target-name", metavar="NAME", help="The target (default: the only one waiting)."
+        ),
     ] = None,
     state_dir: StateDirOpt = Path("state"),
 ) -> None:
     """Keep an apply made with --confirm-within (before its deadline)."""
 
     def body() -> int:
-        from ztplan.errors import ZtplanError
-        from ztplan.revert import confirm
+        from ztplan.run import confirm_apply
 
-        names = (
-            [target]
-            if target
-            else sorted(
-                p.name.removesuffix(".journal.json") for p in state_dir.glob("*.journal.json")
-            )
-        )
-        if len(names) != 1:
-            raise ZtplanError(
-                f"{state_dir}: {'no apply is' if not names else 'several applies are'} "
-                "waiting for confirmation",
-                "name one with --target-name" if names else None,
-            )
-        confirm(state_dir, names[0])
-        print(f"Confirmed: the last apply of {names[0]} stays.")
+        _out(f"Confirmed: the last apply of {confirm_apply(state_dir, target)} stays.\n")
         return 0
 
     _guard(False, body)
@@ -565,59 +510,63 @@ def revert_at_deadline(
     def body() -> int:
         import time
 
-        from ztplan.revert import run_reverter
+        from ztplan.run import revert_at_deadline as revert
 
-        outcome = run_reverter(state_dir, target, journal_id)
-        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {target}: {outcome}")
+        outcome = revert(state_dir, target, journal_id)
+        _out(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {target}: {outcome}\n")
         return 0
 
     _guard(False, body)
 
 
-class ControllerKind(StrEnum):
-    central = "central"
-    local = "local"
-
-
-@app.command("import")
+@app.command("import", short_help="Write the spec of a gateway built by hand.")
 def import_cmd(
     netns: NetnsOpt = None,
     target_name: Annotated[
         str | None,
-        typer.Option("--target-name", help="target.name of the spec (default: netns or host)."),
+        typer.Option("--target-name", metavar="NAME", help="target.name (default: netns or host)."),
     ] = None,
     network: Annotated[
         list[str] | None,
-        typer.Option("--network", help="A network id to import routes and pools of (repeatable)."),
+        typer.Option(
+            "--network", metavar="NWID", help="A network to import routes and pools of; repeatable."
+        ),
     ] = None,
     controller_kind: Annotated[
         ControllerKind | None,
         typer.Option("--controller-kind", help="The controller --network lives on."),
     ] = None,
     controller_url: Annotated[
-        str | None, typer.Option("--controller-url", help="Its API URL (default per kind).")
+        str | None,
+        typer.Option("--controller-url", metavar="URL", help="Its API URL (default per kind)."),
     ] = None,
     token_env: Annotated[
-        str | None, typer.Option("--token-env", help="Variable holding its token (not the token).")
+        str | None,
+        typer.Option(
+            "--token-env", metavar="VAR", help="Variable holding its token (not the token)."
+        ),
     ] = None,
     token_file: Annotated[
-        str | None, typer.Option("--token-file", help="File holding its token.")
+        str | None, typer.Option("--token-file", metavar="FILE", help="File holding its token.")
     ] = None,
     ndppd_config: Annotated[
-        str,
-        typer.Option(
-            "--ndppd-config", help="ndppd's config (in --netns: /etc/ztplan/netns/NS/...)."
-        ),
+        str, typer.Option("--ndppd-config", metavar="FILE", help="ndppd's config file.")
     ] = "/etc/ndppd.conf",
     ndppd_pidfile: Annotated[
-        str | None, typer.Option("--ndppd-pidfile", help="The -p of an ndppd systemd does not run.")
+        str | None,
+        typer.Option(
+            "--ndppd-pidfile", metavar="FILE", help="The -p of an ndppd systemd does not run."
+        ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("-o", "--out", help="Write the spec here, not to stdout.")
+        Path | None,
+        typer.Option("-o", "--out", metavar="FILE", help="Write the spec here, not to stdout."),
     ] = None,
     adopt: Annotated[
         bool,
-        typer.Option("--adopt", help="Tag the imported rules where they stand: ztplan owns them."),
+        typer.Option(
+            "--adopt", help="Move the imported rules into ztplan's own chains: ztplan owns them."
+        ),
     ] = False,
     state_dir: StateDirOpt = Path("state"),
     lock_timeout: LockTimeoutOpt = 0.0,
@@ -625,88 +574,59 @@ def import_cmd(
     """Write the spec of a gateway configured by hand; with --adopt, take its rules over."""
 
     def body() -> int:
-        import socket
+        from ztplan.run import import_host
 
-        from pydantic import ValidationError
-
-        from ztplan.errors import ZtplanError
-        from ztplan.host import LocalHost
-        from ztplan.importer import adopt_rules, import_spec
-        from ztplan.spec import Controller, Spec, parse_spec
-
-        host = LocalHost(netns)
-        name = target_name or netns or socket.gethostname().split(".")[0]
-        controller, api = None, None
+        controller = None
         if controller_kind is not None:
-            given = {"url": controller_url, "token_env": token_env, "token_file": token_file}
-            try:
-                controller = Controller.model_validate(
-                    {"kind": controller_kind.value} | {k: v for k, v in given.items() if v}
-                )
-            except ValidationError as error:
-                raise ZtplanError(f"--controller-*: {error.errors()[0]['msg']}") from None
-        if network:
-            if controller is None:
-                raise ZtplanError("--network needs --controller-kind (central or local)")
-            from ztplan.api import shared_client
-            from ztplan.plan import CONTROLLER_URL_ENV
-            from ztplan.providers.controller import controller_client
-
-            bare = Spec.model_validate(
-                {"version": 1, "target": {"name": name}, "controller": controller.model_dump()}
-            )
-            api = controller_client(bare, shared_client(), os.environ.get(CONTROLLER_URL_ENV))
-
-        def read() -> str:
-            return import_spec(
-                host,
-                target=name,
-                networks=network or [],
-                controller=controller,
-                api=api,
-                ndppd_config=ndppd_config,
-                ndppd_pidfile=ndppd_pidfile,
-            )
-
-        text = read()
+            controller = {
+                "kind": controller_kind.value,
+                "url": controller_url or "",
+                "token_env": token_env or "",
+                "token_file": token_file or "",
+            }
+        text, adopted = import_host(
+            netns=netns,
+            target_name=target_name,
+            networks=network or [],
+            controller=controller,
+            ndppd_config=ndppd_config,
+            ndppd_pidfile=ndppd_pidfile,
+            adopt=adopt,
+            state_dir=state_dir,
+            lock_timeout=lock_timeout,
+        )
         if adopt:
-            from ztplan.lock import lock_path, locked
-            from ztplan.providers.firewall import KernelNormaliser
-
-            with locked(lock_path(state_dir, name), "import", lock_timeout):
-                spec = parse_spec(text, "imported spec")
-                cache = KernelNormaliser(cache_dir=state_dir / "cache")
-                adopted = adopt_rules(host, spec, cache)
-                text = read()  # again: the header no longer counts them as not ztplan's
-            print(f"Adopted {len(adopted)} rule(s): they carry the ztplan tag.", file=sys.stderr)
+            _err(f"Adopted {adopted} rule(s): moved into ztplan's own chains.\n")
         if out is None:
-            sys.stdout.write(text)
+            _out(text)
         else:
-            from ztplan.state import write_atomic
+            from ztplan.run import write_output
 
-            write_atomic(out, text)
-            print(f"Wrote {out}.", file=sys.stderr)
+            write_output(out, text)
+            _err(f"Wrote {out}.\n")
         return 0
 
     _guard(False, body)
 
 
-@app.command()
+@app.command(short_help="Print the spec's JSON Schema.")
 def schema() -> None:
     """Print the JSON Schema of a spec (what schema/ztplan-spec.json holds)."""
 
     def body() -> int:
-        from ztplan.schema import spec_schema
+        from ztplan.run import schema_text
 
-        print(json.dumps(spec_schema(), indent=2))
+        _out(schema_text())
         return 0
 
     _guard(False, body)
 
 
-@app.command()
+@app.command(short_help="Check for drift (cron, CI): exit 0 clean, 2 drift, 1 error.")
 def drift(
-    spec: SpecArg = None,
+    spec: Annotated[
+        str | None, typer.Argument(metavar="SPEC", help="Spec file.", show_default=False)
+    ] = None,
     repo: RepoOpt = None,
     ref: RefOpt = None,
     fetch: FetchOpt = False,
@@ -719,11 +639,16 @@ def drift(
         Path | None,
         typer.Option(
             "--metrics-file",
-            help="Also write Prometheus text here, atomically (node_exporter textfile collector).",
+            metavar="FILE",
+            help="Also write Prometheus text here "
+            "(node_exporter's textfile collector), even when the check fails.",
         ),
     ] = None,
     lock_timeout: Annotated[
-        float, typer.Option("--lock-timeout", help="Seconds to wait for a running apply.")
+        float,
+        typer.Option(
+            "--lock-timeout", metavar="SECONDS", help="Wait this long for a running apply."
+        ),
     ] = 60.0,
     root: RootOpt = Path("/"),
 ) -> None:
@@ -733,210 +658,148 @@ def drift(
     """
 
     def body() -> int:
-        import time
+        from ztplan import render
+        from ztplan.errors import ZtplanError
+        from ztplan.run import check_drift
 
-        from ztplan.lock import lock_path, locked
-        from ztplan.plan import make_plan
-        from ztplan.render.prometheus import render_metrics
-        from ztplan.state import read_state, write_atomic
+        report, previous = check_drift(
+            _options(
+                _needs(spec, "drift"),
+                repo=repo,
+                ref=ref,
+                fetch=fetch,
+                netns=netns,
+                state_dir=state_dir,
+                root=root,
+            ),
+            lock_timeout,
+        )
+        applied = (previous.applied_at, previous.spec.commit) if previous else (None, None)
+        if metrics_file is not None:
+            from ztplan.run import write_output
 
-        checked_at = time.time()
-        result = None
-        target_name = "unknown"
-        previous = None
-        try:
-            from ztplan.host import LocalHost
-            from ztplan.persist import make_persist
-            from ztplan.plan import build_providers
-            from ztplan.source import read_spec
-
-            loaded, source = read_spec(spec, repo, ref, cache_dir=state_dir / "cache", fetch=fetch)
-            target_name = loaded.target.name
-            previous = read_state(state_dir, target_name)
-            host = LocalHost(netns)
-            providers = build_providers(loaded, source.path, state_dir / "cache")
-            persist, said = make_persist(loaded.persist, root, loaded, host.netns)
-            with locked(lock_path(state_dir, target_name), "drift", lock_timeout):
-                result, _ = make_plan(
-                    loaded, source, host, providers, previous, said, persist=persist
-                )
-        finally:  # a failed check is written too: success 0, and when it was tried
-            if metrics_file is not None:
-                write_atomic(
-                    metrics_file,
-                    render_metrics(
-                        target_name,
-                        result,
-                        checked_at,
-                        previous.applied_at if previous else None,
-                        previous.spec.commit if previous else None,
-                    ),
-                )
+            write_output(metrics_file, render.metrics(report, *applied))
+        if report.plan is None:
+            raise ZtplanError(report.error or "the drift check failed")
         if fmt is DriftFormat.prometheus:
-            sys.stdout.write(
-                render_metrics(
-                    target_name,
-                    result,
-                    checked_at,
-                    previous.applied_at if previous else None,
-                    previous.spec.commit if previous else None,
-                )
-            )
-        elif fmt is DriftFormat.json:
-            sys.stdout.write(
-                json.dumps(
-                    {
-                        "target": target_name,
-                        "checked_at": checked_at,
-                        "drifted": [
-                            {"address": c.address, "provider": c.provider, "action": c.action.value}
-                            for c in result.changes
-                        ],
-                        "findings": [f.model_dump() for f in result.findings],
-                    },
-                    indent=2,
-                )
-                + "\n"
-            )
-        elif fmt is DriftFormat.markdown and result.changes:
-            from ztplan.render.markdown import render_markdown
-
-            sys.stdout.write(render_markdown(result))
-        elif result.changes:
-            from ztplan.render.human import drift_lines
-
-            sys.stdout.write(drift_lines(result))
-        return 2 if result.changes else 0
+            _out(render.metrics(report, *applied))
+        else:
+            _out(render.drift(report, fmt.value))
+        return 2 if report.plan.changes or report.plan.errors else 0
 
     _guard(fmt is DriftFormat.json, body)
 
 
-@app.command()
+@app.command(short_help="Print a saved plan, or the recorded state.")
 def show(
-    planfile: Annotated[Path | None, typer.Argument(help="A plan saved with plan -o.")] = None,
-    state: Annotated[bool, typer.Option("--state", help="Show the recorded state.")] = False,
-    target: Annotated[str | None, typer.Option("--target-name", help="Target of --state.")] = None,
+    planfile: Annotated[
+        Path | None,
+        typer.Argument(metavar="[PLANFILE]", help="A plan saved with plan -o.", show_default=False),
+    ] = None,
+    state: Annotated[bool, typer.Option("--state", help="Show what the applies recorded.")] = False,
+    target: Annotated[
+        str | None, typer.Option("--target-name", metavar="NAME", help="Only this target's state.")
+    ] = None,
     state_dir: StateDirOpt = Path("state"),
     fmt: FormatOpt = Format.human,
     json_: JsonOpt = False,
 ) -> None:
-    """Print a saved plan, or the recorded state."""
+    """Print a saved plan, or the recorded state of each target."""
     fmt = Format.json if json_ else fmt
 
     def body() -> int:
+        from ztplan import render
         from ztplan.errors import ZtplanError
+        from ztplan.run import read_plan, recorded_states
 
         if state:
-            names = [target] if target else sorted(p.stem for p in state_dir.glob("*.json"))
-            if not names:
-                raise ZtplanError(f"{state_dir}: no state recorded yet")
-            for name in names:
-                text = (
-                    (state_dir / f"{name}.json").read_text()
-                    if (state_dir / f"{name}.json").exists()
-                    else None
-                )
-                if text is None:
-                    raise ZtplanError(f"{state_dir}/{name}.json: no such state")
-                sys.stdout.write(text)
+            _out(render.states(recorded_states(state_dir, target), fmt.value))
             return 0
         if planfile is None:
             raise ZtplanError("name a plan file, or pass --state")
-        from pydantic import ValidationError
-
-        from ztplan.model import Plan
-
-        try:
-            saved = Plan.model_validate_json(planfile.read_bytes())
-        except (OSError, ValidationError, ValueError) as error:
-            raise ZtplanError(
-                f"{planfile}: not a ztplan plan file ({error.__class__.__name__})"
-            ) from None
-        _emit(saved, fmt)
+        _out(render.plan(read_plan(planfile), fmt.value, _color()))
         return 0
 
     _guard(fmt is Format.json, body)
 
 
-@app.command("force-unlock")
+@app.command("force-unlock", short_help="Remove a lock left by a run that died.")
 def force_unlock_cmd(
-    lock_id: Annotated[str, typer.Argument(help="The lock id the error named.")],
+    lock_id: Annotated[str, typer.Argument(metavar="LOCK_ID", help="The lock id the error named.")],
     state_dir: StateDirOpt = Path("state"),
 ) -> None:
-    """Remove a lock left behind by a run that died."""
+    """Remove a target's lock, by its id (the error that reported it names it)."""
 
     def body() -> int:
-        from ztplan.errors import ZtplanError
-        from ztplan.lock import force_unlock, read_lock
+        from ztplan.run import force_unlock
 
-        for path in sorted(state_dir.glob("*.lock")):
-            holder = read_lock(path)
-            if holder is not None and holder.id == lock_id:
-                removed = force_unlock(path, lock_id)
-                print(
-                    f"Removed {path} (held by pid {removed.pid} on {removed.host}, "
-                    f"{removed.operation} since {removed.created})."
-                )
-                return 0
-        raise ZtplanError(f"{state_dir}: no lock with id {lock_id}")
+        path, holder = force_unlock(state_dir, lock_id)
+        _out(f"Removed {path} (held by {holder}).\n")
+        return 0
+
+    _guard(False, body)
+
+
+def _sandbox(action: str) -> None:
+    def body() -> int:
+        from ztplan import sandbox
+
+        if action == "status":
+            text, up = sandbox.sandbox_status()
+            _out(text + "\n")
+            return 0 if up else 1
+        _out(getattr(sandbox, f"sandbox_{action}")() + "\n")
+        return 0
 
     _guard(False, body)
 
 
 @sandbox_app.command("up")
 def sandbox_up() -> None:
-    """Create the ztplan-sandbox namespace (WAN eth0, ZeroTier-like zt0)."""
-
-    def body() -> int:
-        from ztplan.sandbox import sandbox_up as up
-
-        print(up())
-        return 0
-
-    _guard(False, body)
+    """Create the ztplan-sandbox namespaces (WAN eth0, ZeroTier-like zt0) and the emulator."""
+    _sandbox("up")
 
 
 @sandbox_app.command("env")
-def sandbox_env_cmd() -> None:
+def sandbox_env() -> None:
     """Print the shell lines that point ztplan at the sandbox's controller emulator."""
-
-    def body() -> int:
-        from ztplan.sandbox import sandbox_env
-
-        print(sandbox_env())
-        return 0
-
-    _guard(False, body)
+    _sandbox("env")
 
 
 @sandbox_app.command("down")
 def sandbox_down() -> None:
-    """Delete the sandbox namespaces."""
-
-    def body() -> int:
-        from ztplan.sandbox import sandbox_down as down
-
-        print(down())
-        return 0
-
-    _guard(False, body)
+    """Delete the sandbox namespaces and stop the emulator."""
+    _sandbox("down")
 
 
 @sandbox_app.command("status")
 def sandbox_status() -> None:
     """Say whether the sandbox exists, with its interfaces and addresses."""
-
-    def body() -> int:
-        from ztplan.sandbox import sandbox_status as status
-
-        text, up = status()
-        print(text)
-        return 0 if up else 1
-
-    _guard(False, body)
+    _sandbox("status")
 
 
-def main() -> None:
+def _dispatch(argv: list[str]) -> int:
+    """Run the app; map click's own outcomes onto ours (usage errors: 1, never 2)."""
+    import click
+
+    try:
+        result = app(args=argv, prog_name="ztplan", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as shown:
+        _out(shown.ctx.get_help() + "\n" if shown.ctx else "")
+        return 0
+    except click.UsageError as error:
+        where = error.ctx.command_path if error.ctx else "ztplan"
+        _err(f"Error: {error.format_message()} (see `{where} --help`)\n")
+        return 1
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _err("Interrupted.\n")
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def main(argv: list[str] | None = None) -> None:
     """The `ztplan` entry point.
 
     A plan of a large firewall makes ~100,000 objects. The garbage collector would scan
@@ -948,13 +811,22 @@ def main() -> None:
     import atexit
     import gc
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    for flag in ("--debug", "--no-color"):  # understood anywhere on the line
+        if flag in args and "--" not in args[: args.index(flag)]:
+            args.remove(flag)
+            _flags["debug" if flag == "--debug" else "color"] = flag == "--debug"
     gc.set_threshold(100_000, 50, 50)
-    code = 0
     try:
-        app(standalone_mode=True)
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    sys.stdout.flush()
-    sys.stderr.flush()
+        code = _dispatch(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `ztplan schema | head -1`: the reader is gone, end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 1
+    try:
+        sys.stderr.flush()
+    except BrokenPipeError:
+        pass
     atexit._run_exitfuncs()
     os._exit(code)

@@ -1,10 +1,15 @@
 """Desired vs live -> changes. One generic function keyed by address; providers never diff.
 
-desired only                      -> create
-live only, owned                  -> delete
+desired only                      -> create (an element of an ordered list: `follows` the
+                                     nearest desired element before it that is live)
+live only, owned                  -> delete (the live resource's `reason`, if it has one)
 live only, foreign, in a purging scope -> delete ("foreign rule in exclusive chain")
 live only, foreign, in a scope    -> unmanaged (reported, left alone)
 both, values differ               -> update (deepdiff says what changed inside)
+an ordered list whose common elements come in another order -> update ("rule order")
+
+An ordered list is a desired resource with `relative_order`: its value lists the values of
+its elements, each the resource at `address.item(value)`.
 """
 
 from __future__ import annotations
@@ -43,6 +48,28 @@ def _describe(before: JsonValue, after: JsonValue) -> list[str]:
     return lines
 
 
+def _anchors(
+    desired: Mapping[Address, Resource], live: Mapping[Address, Resource]
+) -> dict[Address, str]:
+    """For each element of an ordered list that is not live: the value of the nearest
+    element before it (in desired order) that is live, or "" for the head. Anchored to live
+    elements only, a partial apply that creates one of several new elements still places it
+    right; new elements with the same anchor go in desired order."""
+    out: dict[Address, str] = {}
+    for address, want in desired.items():
+        if not want.relative_order or not isinstance(want.value, list):
+            continue
+        anchor = ""
+        under = Address(want.members or address)
+        for value in map(str, want.value):
+            element = under.item(value)
+            if element in live:
+                anchor = value
+            else:
+                out[element] = anchor
+    return out
+
+
 def diff_resources(
     provider: str,
     desired: Mapping[Address, Resource],
@@ -52,6 +79,7 @@ def diff_resources(
     changes: list[Change] = []
     unmanaged: list[Address] = []
     scopes: Sequence[Resource] = [r for r in desired.values() if r.scope]
+    follows = _anchors(desired, live)
     for address, want in desired.items():
         have = live.get(address)
         if want.relative_order:
@@ -63,12 +91,20 @@ def diff_resources(
                         action=Action.UPDATE,
                         before=have.value if have else [],
                         after=want.value,
-                        reason="rule order",
+                        reason=want.reason or "rule order",
                     )
                 )
         elif have is None:
             changes.append(
-                Change(address=address, provider=provider, action=Action.CREATE, after=want.value)
+                Change(
+                    address=address,
+                    provider=provider,
+                    action=Action.CREATE,
+                    after=want.value,
+                    reason=want.reason,
+                    detail=list(want.detail),
+                    follows=follows.get(address),
+                )
             )
         elif have.value != want.value:
             changes.append(
@@ -78,7 +114,8 @@ def diff_resources(
                     action=Action.UPDATE,
                     before=have.value,
                     after=want.value,
-                    detail=_describe(have.value, want.value),
+                    reason=want.reason,
+                    detail=list(want.detail) or _describe(have.value, want.value),
                 )
             )
     for address, have in live.items():
@@ -91,7 +128,7 @@ def diff_resources(
                     provider=provider,
                     action=Action.DELETE,
                     before=have.value,
-                    reason="no longer in the spec",
+                    reason=have.reason or "no longer in the spec",
                 )
             )
             continue

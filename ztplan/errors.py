@@ -15,7 +15,7 @@ Anything else that escapes the engine is a bug: cli.py reports it as an internal
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ztplan.lock import LockInfo
@@ -42,6 +42,10 @@ class ZtplanError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+    def lines(self) -> list[str]:
+        """What the user is told, one line each (a spec with three typos: three lines)."""
+        return [str(self)]
 
 
 class SpecError(ZtplanError):
@@ -116,6 +120,8 @@ class ApplyFailed(ZtplanError):
         self.step = step
         self.rolled_back = list(rolled_back)
         self.not_rolled_back = list(not_rolled_back)
+        self.steps: list[Any] = []
+        """Each step's outcome (ztplan.model.StepOutcome), for `apply --json`."""
         parts = [f"apply failed at step {step}: {cause}"]
         if self.rolled_back:
             parts.append(f"rolled back: {', '.join(self.rolled_back)}")
@@ -124,3 +130,9 @@ class ApplyFailed(ZtplanError):
         if not self.rolled_back and not self.not_rolled_back:
             parts.append("nothing had been changed")
         super().__init__("; ".join(parts))
+
+    def outcome(self, target: str) -> Any:
+        """The failed apply as `apply --json` prints it (a ztplan.model.ApplyOutcome)."""
+        from ztplan.model import ApplyOutcome
+
+        return ApplyOutcome(target=target, applied=False, steps=self.steps, error=str(self))

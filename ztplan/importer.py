@@ -4,18 +4,19 @@
 ndppd.conf, controller networks) and returns the spec describing it, written by `dump_spec`
 under a comment header. It never writes, so it is safe on a production gateway.
 
-Ownership. ztplan owns a rule only when it carries `-m comment --comment ztplan`, and rules
-made by hand do not: planned against its host, the imported spec shows one `create` per
-untagged rule (the originals as unmanaged), and applying that would append tagged copies
-behind the originals, every rule twice. Declaring the chains `exclusive` would delete the
-originals and other tools' rules instead. So the spec stays truthful and adoption is an
-explicit write, `adopt_rules` (`ztplan import --adopt`): it tags the live rules the spec
-declares where they stand, one `*-restore --noflush` per family; the plan is then empty.
-Explicit, because tagging is a claim: an adopted rule later taken out of the spec is deleted
-by apply. A rule is re-tagged as `-D CHAIN <rule>` + `-I CHAIN N <tag> <rule>`: deleting by
-text, not number, makes a rule changed since the read fail the whole transaction rather than
-replace another rule. Its counters restart at zero. Other tools' rules are left out, each
-named in the header: see `FOREIGN_CHAINS`, `FOREIGN_INTERFACES` and `_why_foreign`.
+Ownership. ztplan owns the rules of the target's own chains (`ZT-<target>.<chain>`, see
+`ztplan.providers.firewall`), and rules made by hand stand in the built-in chains: planned
+against its host, the imported spec shows one `create` per rule in ztplan's own chain (the
+originals listed as unmanaged), and applying that would leave every rule twice. Declaring
+the chains `exclusive` would delete other tools' rules too. So the spec stays truthful and
+adoption is an explicit write, `adopt_rules` (`ztplan import --adopt`): in one
+`*-restore --noflush` per family it makes the target's own chains with the rules the spec
+declares, jumps to them, and deletes the originals (by their text, so a rule changed since
+the read fails the whole transaction rather than another rule going); the plan is then
+empty. Explicit, because it is a claim: an adopted rule later taken out of the spec is
+deleted by apply. Counters restart at zero. Other tools' rules are left out, each named in
+the header: see `FOREIGN_CHAINS`, `FOREIGN_INTERFACES` and `_why_foreign`. Rules already in
+ztplan's own chains (of any target) are imported under the chain they serve.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ztplan import iptables as fw
+from ztplan.address import Address
 from ztplan.api import ApiClient
 from ztplan.errors import LiveReadError, ZtplanError
 from ztplan.gateway import dump_spec
 from ztplan.host import Host
-from ztplan.model import Address
 from ztplan.ndppd_conf import NdppdConfError, parse_ndppd_conf
-from ztplan.providers import firewall as fw
+from ztplan.normalise import TOOLS, Normaliser
 from ztplan.providers.ndppd import rule_method
 from ztplan.providers.sysctl import key_path, normalise_value
 from ztplan.spec import CHAIN_RE, TABLES, Controller, Spec, parse_spec, rule_problem
@@ -56,9 +58,9 @@ _HAIRPIN = re.compile(r"-s (\S+)/32 -d \1/32 .*-j MASQUERADE")  # Docker, per pu
 SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding", "net.ipv4.conf.all.rp_filter")
 """What a gateway depends on; rp_filter only when it is not the kernel's 0."""
 _UNTAGGED = """
-Not ztplan's yet: {} rule(s) lack the tag `-m comment --comment ztplan`. Until they are
-adopted (`ztplan import --adopt`), a plan shows a create for each and the originals as
-unmanaged; applying that would append tagged copies behind the originals."""
+Not ztplan's yet: {} rule(s) stand outside ztplan's own chains. Until they are adopted
+(`ztplan import --adopt` moves them in), a plan shows a create for each in ztplan's own
+chain and the originals as unmanaged; applying that would leave each rule twice."""
 _NDPPD_EXTRA = ("route_ttl", "address_ttl", "autowire", "keepalive", "promiscuous", "retries")
 """ndppd.conf options the spec has no field for (on the file or a proxy)."""
 
@@ -81,8 +83,8 @@ def _jump(rule: str) -> str | None:
 
 
 def _why_foreign(chain: str, rule: str, foreign: dict[str, str]) -> str | None:
-    """Why a live rule is left out (None: import it). A tagged rule is ztplan's, always."""
-    if not fw.is_owned(rule):
+    """Why a live rule is left out (None: import it). ztplan's own are ztplan's, always."""
+    if not fw.is_legacy(rule):
         if chain in foreign:
             return foreign[chain]
         if (target := _jump(rule)) in foreign:
@@ -92,7 +94,7 @@ def _why_foreign(chain: str, rule: str, foreign: dict[str, str]) -> str | None:
                 return f"{who}'s interface {interface}"
         if _HAIRPIN.search(rule):
             return "Docker's NAT for a published port"
-    problem = rule_problem(fw.untag(rule))
+    problem = rule_problem(fw.untag_legacy(rule))
     return f"cannot be written in a spec: {problem}" if problem else None
 
 
@@ -116,21 +118,39 @@ def _foreign_chains(table: fw.Table, builtins: Sequence[str]) -> dict[str, str]:
         foreign.update(dict.fromkeys(new, "reached only from rules left out"))
 
 
+def _own_chains(table: fw.Table) -> dict[str, list[str]]:
+    """ztplan's own chains taken out of `table` (with the jumps into them), by the chain
+    they serve: `ZT-gw1.FORWARD` -> FORWARD."""
+    own: dict[str, list[str]] = {}
+    names = {c: parts[1] for c in table.rules if (parts := fw.own_chain_parts(c))}
+    for chain in names:
+        own.setdefault(names[chain], []).extend(
+            fw.rewrite_jumps(r, names) for r in table.rules.pop(chain)
+        )
+        table.policies.pop(chain, None)
+    for chain, rules in table.rules.items():
+        table.rules[chain] = [r for r in rules if fw.jump_target(r) not in names]
+    return own
+
+
 def _table(where: str, table: fw.Table, builtins: Sequence[str], notes: _Notes) -> dict[str, Any]:
     """One table in the spec's shape: non-ACCEPT policies, then the non-empty chains."""
+    owned = _own_chains(table)
+    for chain in owned:
+        table.rules.setdefault(chain, [])
     foreign = _foreign_chains(table, builtins)
     policy = {c: p for c, p in table.policies.items() if c in builtins and p != "ACCEPT"}
     out: dict[str, Any] = {"policy": policy} if policy else {}
     for chain, rules in table.rules.items():
-        if chain in foreign and rules and not any(map(fw.is_owned, rules)):
+        if chain in foreign and rules and not any(map(fw.is_legacy, rules)):
             notes.left_out.append(
                 f"{where} {chain}: whole chain, {len(rules)} rule(s) ({foreign[chain]})"
             )
             continue
-        tagged = {fw.untag(rule) for rule in rules if fw.is_owned(rule)}
+        tagged = {fw.untag_legacy(r) for r in rules if fw.is_legacy(r)} | set(owned.get(chain, []))
         kept: list[str] = []
-        for rule in rules:
-            text = fw.untag(rule)
+        for rule in [*owned.get(chain, []), *rules]:
+            text = fw.untag_legacy(rule)
             if why := _why_foreign(chain, rule, foreign):
                 notes.left_out.append(f"{where} {chain}: {text}  ({why})")
             elif text in kept:  # a spec holds a rule once; a plan deletes extra tagged copies
@@ -152,7 +172,7 @@ def _save(host: Host, tool: str) -> dict[str, fw.Table]:
 
 def _firewall(host: Host, notes: _Notes) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for family, (save, _) in fw.TOOLS.items():
+    for family, (save, _) in TOOLS.items():
         for name, table in _save(host, save).items():
             if name not in TABLES:
                 if any(table.rules.values()):
@@ -267,33 +287,56 @@ def import_spec(
     return _header(host, datetime.now(UTC), notes) + text
 
 
-def adopt_rules(host: Host, spec: Spec, normalise: fw.Normaliser | None = None) -> list[Address]:
-    """Tag the untagged live rules `spec` declares, each in its place, in one `*-restore
-    --noflush` per family; the addresses adopted. Idempotent: a tagged rule (and an untagged
-    twin of it) is left alone; if the IPv6 transaction fails, the IPv4 one stays done."""
-    wanted: dict[str, dict[tuple[str, str], list[str]]] = {}
-    for address, resource in fw.Firewall(normalise=normalise).desired(spec).items():
-        if resource.relative_order and isinstance(resource.value, list):
-            _, family, table, chain = address.split(".", 3)
-            wanted.setdefault(family, {})[(table, chain)] = [str(r) for r in resource.value]
+def adopt_rules(host: Host, spec: Spec, normalise: Normaliser | None = None) -> list[Address]:
+    """Move the live rules `spec` declares that stand outside ztplan's own chains into
+    them, in one `*-restore --noflush` per family (see the module docstring); the addresses
+    adopted. Idempotent: a rule already in the own chain is left alone, and so is a twin of
+    it outside. A user chain of the spec whose rules all moved, and whose every jump moved
+    too, is deleted. If the IPv6 transaction fails, the IPv4 one stays done."""
+    from ztplan.diff import diff_resources
+    from ztplan.model import Action
+    from ztplan.providers.firewall import Firewall, Layout, restore_input
+
+    firewall = Firewall(Layout.of(spec), normalise=normalise)
+    desired = firewall.desired(spec)
+    before = firewall.read(host)
+    changes, _ = diff_resources(firewall.name, desired, before.resources)
+    creates = [c for c in changes if c.action is Action.CREATE]
     adopted: list[Address] = []
-    for family, chains in wanted.items():
-        save, restore = fw.TOOLS[family]
-        live = _save(host, save)
-        lines: dict[str, list[str]] = {}
-        for (table, chain), rules in chains.items():
+    for family, (_, restore) in TOOLS.items():
+        live = (before.parsed or {}).get(family, {})
+        extra: dict[str, list[str]] = {}
+        moved: dict[tuple[str, str], list[str]] = {}
+        for change in creates:
+            names, key = change.address.names, change.address.key
+            if names[0] != family or key is None or len(names) != 3:
+                continue  # not a rule (a chain, a jump) or another family's
+            table, chain = names[1], names[2]
             have = live.get(table, fw.Table()).rules.get(chain, [])
-            todo = set(rules) - {fw.untag(rule) for rule in have if fw.is_owned(rule)}
-            for position, rule in enumerate(have, 1):
-                if rule in todo:  # the first untagged copy only
-                    todo.discard(rule)
-                    lines.setdefault(table, []).append(
-                        f"-D {chain} {rule}\n-I {chain} {position} {fw.TAG_ARGS} {rule}"
-                    )
-                    adopted.append(fw.rule_address(family, table, chain, rule))
-        if lines:
-            text = "".join(f"*{t}\n" + "\n".join(ls) + "\nCOMMIT\n" for t, ls in lines.items())
-            done = host.run([restore, "--noflush"], input=text)
-            if done.returncode != 0:
-                raise LiveReadError("firewall", f"{restore}: {done.stderr.strip()}; none adopted")
+            if key in have and key not in moved.get((table, chain), []):
+                extra.setdefault(table, []).append(f"-D {chain} {key}")
+                moved.setdefault((table, chain), []).append(key)
+                adopted.append(change.address)
+        if not moved:
+            continue
+        for (table, chain), texts in moved.items():
+            rules = live.get(table, fw.Table()).rules
+            if chain in TABLES[table] or set(rules.get(chain, [])) - set(texts):
+                continue
+            jumps = [
+                (hook, r)
+                for hook, hook_rules in rules.items()
+                for r in hook_rules
+                if fw.jump_target(r) == chain
+            ]
+            if all(r in moved.get((table, hook), []) for hook, r in jumps):
+                extra[table] += [f"-F {chain}", f"-X {chain}"]
+        # ztplan 0.1's rules among them move in the same transaction (their plan would).
+        legacy = [c for c in changes if ".legacy[" in c.address and c.action is Action.DELETE]
+        mine = [c for c in [*creates, *legacy] if c.address.names[0] == family]
+        done = host.run(
+            [restore, "--noflush"], input=restore_input(firewall, family, mine, live, extra)
+        )
+        if done.returncode != 0:
+            raise LiveReadError("firewall", f"{restore}: {done.stderr.strip()}; none adopted")
     return adopted

@@ -1,13 +1,20 @@
 """state/<target>.journal.json: what an apply in progress has done, for crash recovery.
 
-Written (atomically) before the first step, with everything needed to put the host back
-(each provider's pre-apply snapshot and the spec text); each step done is then appended,
-one line and an fsync, to `<target>.journal.log` (rewriting megabytes of snapshots after
-every step would cost more than the step). A
-successful apply removes it; so does a rollback that put everything back. A journal that
-is still there when the next run starts means an apply was killed: that run says what it
-had done, and plans from the true live state. Confirm-or-revert keeps the journal, with
-its deadline, until `ztplan confirm`; the reverter uses it to put the host back.
+Written (atomically) before the first step, with everything needed to undo it: each
+provider's pre-apply snapshot (`raw`), each step's changes and the spec text. Progress is
+then appended, one line and an fsync each, to `<target>.journal.log` (rewriting megabytes
+of snapshots after every step would cost more than the step):
+
+    <journal id> done <step>       the step was made
+    <journal id> undone <step>     it was rolled back
+    <journal id> stuck <step>      its rollback failed: it may be (partly) in place
+    <journal id> outcome <text>    how a confirm-or-revert window ended
+
+A successful apply removes the journal; so does a rollback that put everything back. A
+journal still there when the next run starts means an apply was killed (or could not roll
+back): that run says what it had done, and plans from the true live state. Confirm-or-revert
+keeps the journal, with its deadline, until `ztplan confirm`; the reverter uses it to undo
+the apply, and records its outcome in it.
 """
 
 from __future__ import annotations
@@ -22,53 +29,80 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ztplan.model import Change
 from ztplan.state import write_atomic
 
 __all__ = [
     "Journal",
+    "JournalStep",
     "journal_path",
-    "mark_done",
+    "log_event",
     "read_journal",
     "remove_journal",
     "write_journal",
 ]
 
 
+class JournalStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    provider: str
+    phase: str
+    changes: list[Change]
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider} ({self.phase})" if self.phase else self.provider
+
+
 class Journal(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = 1
+    version: int = 2
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     pid: int = Field(default_factory=os.getpid)
     host: str = Field(default_factory=socket.gethostname)
     started: float = Field(default_factory=time.time, description="Unix time.")
     target: str
     netns: str | None = None
+    root: str = Field(default="/", description="--root of the run (where persist writes).")
     spec_file: str = Field(description="Where the spec came from (for messages).")
     spec_text: str = Field(description="The spec, to rebuild the providers for a revert.")
     snapshots: dict[str, Any] = Field(description="Each provider's pre-apply raw snapshot.")
-    steps: list[str] = Field(description="The planned steps, `provider (phase)`, in order.")
-    done: list[str] = Field(default_factory=list, description="Steps completed so far.")
+    steps: list[JournalStep] = Field(description="The planned steps, in order.")
     confirm_by: float | None = Field(
         default=None, description="Unix time after which an unconfirmed apply is reverted."
     )
     previous_state: str | None = Field(
         default=None, description="The state file before this apply (a revert puts it back)."
     )
-    persist_root: str | None = Field(
-        default=None,
-        description="--root of the boot files this apply wrote (a revert rewrites "
-        "them from the reverted live state).",
-    )
+    done: list[int] = Field(default_factory=list, description="Steps made (from the log).")
+    undone: list[int] = Field(default_factory=list, description="Steps rolled back.")
+    stuck: list[int] = Field(default_factory=list, description="Steps whose rollback failed.")
+    outcome: str | None = Field(default=None, description="How a confirm window ended.")
+
+    def in_place(self) -> list[JournalStep]:
+        """The steps that may still be in effect: made and not rolled back, or stuck."""
+        return [
+            s
+            for s in self.steps
+            if (s.index in self.done and s.index not in self.undone) or s.index in self.stuck
+        ]
 
     def summary(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.started))
-        done = ", ".join(self.done) or "nothing"
-        left = [s for s in self.steps if s not in self.done]
-        return (
+        in_place = self.in_place()
+        done = ", ".join(s.name for s in in_place) or "nothing"
+        left = [s.name for s in self.steps if s not in in_place]
+        stuck = [s.name for s in self.steps if s.index in self.stuck]
+        text = (
             f"an apply of {self.target} (pid {self.pid} on {self.host}, started {when}) did "
-            f"not finish: done: {done}; not done: {', '.join(left) or 'nothing'}"
+            f"not finish: in place: {done}; not in place: {', '.join(left) or 'nothing'}"
         )
+        if stuck:
+            text += f"; its rollback FAILED for {', '.join(stuck)}"
+        return text
 
 
 def journal_path(state_dir: Path, target: str) -> Path:
@@ -85,15 +119,20 @@ def read_journal(path: Path) -> Journal | None:
     except FileNotFoundError:
         return None
     except (OSError, ValidationError, ValueError):
-        return None  # torn or foreign: nothing can be resumed from it
+        return None  # torn, foreign or of another version: nothing can be resumed from it
     try:
-        lines = _log(path).read_text().splitlines()
+        lines = _log(path).read_text().split("\n")
     except FileNotFoundError:
         lines = []
-    for line in lines:  # `<journal id> <step>`; a torn last line has no newline
-        run, _, step = line.partition(" ")
-        if run == journal.id and step:
-            journal.done.append(step)
+    for line in lines:  # a torn last line has no newline and is ignored by the split below
+        run, _, event = line.partition(" ")
+        kind, _, value = event.partition(" ")
+        if run != journal.id or not value:
+            continue
+        if kind == "outcome":
+            journal.outcome = value
+        elif kind in ("done", "undone", "stuck") and value.isdigit():
+            getattr(journal, kind).append(int(value))
     return journal
 
 
@@ -102,11 +141,15 @@ def write_journal(path: Path, journal: Journal) -> None:
     write_atomic(path, journal.model_dump_json() + "\n", mode=0o600)
 
 
-def mark_done(path: Path, journal: Journal, step: str) -> None:
-    """Record that `step` is done: one appended line, on disk before the next step."""
-    journal.done.append(step)
+def log_event(path: Path, journal: Journal, kind: str, value: int | str) -> None:
+    """Record one event (`done 3`, `undone 3`, `outcome ...`): on disk before going on."""
+    if kind in ("done", "undone", "stuck") and isinstance(value, int):
+        getattr(journal, kind).append(value)
+    elif kind == "outcome":
+        journal.outcome = str(value)
+    text = str(value).replace("\n", " ")
     with open(_log(path), "a", encoding="utf-8") as handle:
-        handle.write(f"{journal.id} {step}\n")
+        handle.write(f"{journal.id} {kind} {text}\n")
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -1,7 +1,7 @@
-"""The values a run passes around: resources, changes, findings and the plan.
+"""The values a run passes around: resources, changes, findings, the plan and the outcomes.
 
-This module imports nothing else of ztplan and knows nothing of output: renderers in
-`ztplan.render` read these values, the engine builds them.
+This module imports nothing of ztplan but `ztplan.address` and knows nothing of output:
+renderers in `ztplan.render` read these values, the engine builds them.
 """
 
 from __future__ import annotations
@@ -12,26 +12,31 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field, model_validator
+
+from ztplan.address import Address
 
 __all__ = [
     "FORMAT_VERSION",
     "Action",
     "Address",
+    "ApplyOutcome",
     "Change",
+    "DriftReport",
     "Finding",
+    "Partial",
     "Plan",
+    "PlanContext",
     "Resource",
     "Snapshot",
     "SpecSource",
+    "StepOutcome",
     "digest_of",
 ]
 
-FORMAT_VERSION = "1"
-"""Version of the plan JSON document; bumped on any incompatible change."""
-
-Address = str
-"""A resource address (DESIGN §4), e.g. 'sysctl["net.ipv4.ip_forward"]'."""
+FORMAT_VERSION = "2"
+"""Version of the plan JSON document; bumped on any incompatible change (2: typed
+addresses, `follows`, `partial`, `counts`, `host`, `controller_url`)."""
 
 
 def digest_of(value: Any) -> str:
@@ -63,11 +68,21 @@ class Resource(NamedTuple):
     relative_order: bool = False
     """`value` is a sequence whose elements are managed elsewhere; only the relative order of
     the elements present on both sides counts (so adding a rule is not also a reorder)."""
+    members: str | None = None
+    """For an ordered list: the address its elements are found under, as
+    `Address(members).item(value)` (None: under the list's own address)."""
     scope: str | None = None
     """Desired side: live foreign resources whose address starts with this are in a place the
     spec manages (a chain): reported as unmanaged, or deleted when `purge`."""
     purge: bool = False
     """Desired side: delete the foreign resources in `scope` (a chain declared `exclusive`)."""
+    reason: str = ""
+    """Why a change to it is made, when there is more to say than the values: on the live
+    side, why an owned resource the spec no longer wants goes (a rule of ztplan 0.1 being
+    moved); on the desired side, why it differs (a boot file a reboot would lose)."""
+    detail: tuple[str, ...] = ()
+    """Desired side: what differs inside the value, when the provider knows it better than
+    a generic comparison would (the rules a boot file lacks)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,16 @@ class Snapshot:
     def of(cls, resources: dict[Address, Resource], raw: Any = None) -> Snapshot:
         values = {a: [r.value, r.owned] for a, r in resources.items()}
         return cls(resources=resources, raw=raw, digest=digest_of(values))
+
+
+@dataclass
+class PlanContext:
+    """What a plan has found so far, for a provider whose desired state depends on the
+    others' live state (persist: the boot files must hold what runs). `make_plan` fills it
+    in provider order; such a provider comes last."""
+
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    changes: list[Change] = field(default_factory=list)
 
 
 class _Frozen(BaseModel):
@@ -122,7 +147,13 @@ class Change(_Frozen):
     phase: str = Field(
         default="",
         description="When in the apply it runs: withdraw, protect, forward, proxy, announce, "
-        "members or teardown (see ztplan.order).",
+        "members, teardown or boot (see ztplan.order).",
+    )
+    follows: str | None = Field(
+        default=None,
+        description="For a new element of an ordered list (a rule of ztplan's own chain): the "
+        'live element it goes right after, or "" for the head of the list. Planned against '
+        "the live list, so a partial (--target) apply places it exactly.",
     )
 
 
@@ -131,7 +162,25 @@ class Finding(_Frozen):
 
     severity: Literal["warning", "error"]
     message: str
-    address: Address | None = None
+    address: str | None = Field(
+        default=None,
+        description="What it is about: a resource address, a spec field path "
+        "(`firewall.ipv4.nat.POSTROUTING[1]`) or a topic (`persist`, `apply.interrupted`).",
+    )
+
+
+class Partial(_Frozen):
+    """A plan restricted with --target: what was asked, and how much of the plan is kept."""
+
+    targets: list[str] = Field(description="The --target addresses (or prefixes) as given.")
+    kept: int = Field(description="Changes kept: those targeted and what they depend on.")
+    total: int = Field(description="Changes of the whole plan.")
+
+
+class Counts(_Frozen):
+    add: int
+    change: int
+    destroy: int
 
 
 class Plan(_Frozen):
@@ -140,7 +189,11 @@ class Plan(_Frozen):
     format_version: str = FORMAT_VERSION
     ztplan_version: str
     target: str = Field(description="The target's name (spec `target.name`).")
+    host: str = Field(default="", description="The host name of the machine the plan was read on.")
     netns: str | None = Field(default=None, description="Network namespace the host was read in.")
+    controller_url: str | None = Field(
+        default=None, description="The controller API actually used (after overrides), if any."
+    )
     spec: SpecSource
     changes: list[Change] = Field(description="In apply order.")
     findings: list[Finding] = Field(default_factory=list)
@@ -152,8 +205,11 @@ class Plan(_Frozen):
     )
     desired: dict[Address, JsonValue] = Field(
         default_factory=dict,
-        description="Desired value of every resource the spec manages (apply needs a chain's "
-        "whole order to place one rule, and records these digests as the new state).",
+        description="Desired value of every resource the spec manages: apply records their "
+        "digests as the new state.",
+    )
+    partial: Partial | None = Field(
+        default=None, description="Set when --target restricted the plan: the rest is not applied."
     )
     state_lineage: str | None = Field(
         default=None, description="Lineage of the state the plan was made against."
@@ -167,19 +223,30 @@ class Plan(_Frozen):
         "saved plan can be applied exactly, whatever the spec file says by then.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _computed_fields_are_output_only(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "counts" in data:
+            data = {k: v for k, v in data.items() if k != "counts"}
+        return data
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="To add, to change and to destroy (a replace is one of each)."
+    )
+    @property
+    def counts(self) -> Counts:
+        add, change, destroy = self.summary()
+        return Counts(add=add, change=change, destroy=destroy)
+
     @property
     def has_changes(self) -> bool:
         return bool(self.changes)
 
-    def counts(self) -> dict[Action, int]:
+    def summary(self) -> tuple[int, int, int]:
+        """(to add, to change, to destroy): a replace counts as one add and one destroy."""
         counts = dict.fromkeys(Action, 0)
         for change in self.changes:
             counts[change.action] += 1
-        return counts
-
-    def summary(self) -> tuple[int, int, int]:
-        """(to add, to change, to destroy): a replace counts as one add and one destroy."""
-        counts = self.counts()
         replace = counts[Action.REPLACE]
         return (
             counts[Action.CREATE] + replace,
@@ -190,3 +257,42 @@ class Plan(_Frozen):
     @property
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "error"]
+
+
+class StepOutcome(_Frozen):
+    """One step of an apply: a provider in one phase, and how it ended."""
+
+    provider: str
+    phase: str
+    changes: int = Field(description="How many changes the step holds.")
+    status: Literal["done", "failed", "rolled back", "not rolled back", "not run"]
+    error: str | None = None
+
+
+class ApplyOutcome(_Frozen):
+    """What `apply --json` prints: the steps and how they ended, and the state written."""
+
+    format_version: str = FORMAT_VERSION
+    target: str
+    applied: bool = Field(description="Whether every step was made (and the state written).")
+    steps: list[StepOutcome] = Field(default_factory=list)
+    serial: int | None = Field(default=None, description="The state serial written, if any.")
+    confirm_by: float | None = Field(
+        default=None, description="Unix time the apply is reverted at unless confirmed."
+    )
+    counts: Counts | None = None
+    error: str | None = None
+
+
+class DriftReport(_Frozen):
+    """What `drift` found: the changes a plan would make now, and the findings."""
+
+    format_version: str = FORMAT_VERSION
+    target: str
+    checked_at: float
+    plan: Plan | None = Field(default=None, description="None: the check itself failed.")
+    error: str | None = None
+
+    @property
+    def drifted(self) -> list[Change]:
+        return list(self.plan.changes) if self.plan is not None else []

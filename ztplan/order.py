@@ -5,12 +5,14 @@ operator loses the gateway when the rule that admits their SSH session goes befo
 replacement exists. So a plan runs in these phases, each a step of one provider:
 
     withdraw   controller: routes through this gateway removed from the network
-    protect    firewall: rules added or changed, policies set (one transaction per family)
+    protect    firewall: rules added or changed, policies set (one transaction per family;
+               a family's deletes go with its additions: one atomic swap, no gap)
     forward    sysctl: forwarding and friends turned on or changed
     proxy      ndppd: proxies written, daemon (re)started
     announce   controller: routes and pools published
     members    member: allowDefault and friends
-    teardown   ndppd, sysctl (forwarding off), firewall (rules deleted)
+    teardown   ndppd, sysctl (forwarding off), firewall (a family that only loses rules:
+               after forwarding is off, so nothing leaves un-NATed in between)
     boot       persist: the live state saved for boot, from a fresh read: last of all
 """
 
@@ -39,6 +41,11 @@ PHASES = (
 """(phase, provider) in apply order."""
 
 
+def _family(change: Change) -> str:
+    names = change.address.names
+    return names[0] if names else ""
+
+
 def _routes(value: JsonValue) -> set[tuple[str, str]]:
     items = value if isinstance(value, list) else []
     return {(str(r.get("target")), str(r.get("via"))) for r in items if isinstance(r, dict)}
@@ -63,7 +70,9 @@ def phase_of(change: Change, provider_changes: Iterable[Change] = ()) -> int:
     if change.provider == "controller":
         return 0 if _withdraws(change) else 4
     if change.provider == "firewall":
-        return 8 if change.action is Action.DELETE else 1
+        family = _family(change)
+        adds = any(c.action is not Action.DELETE and _family(c) == family for c in provider_changes)
+        return 1 if adds else 8
     if change.provider == "sysctl":
         return 7 if _turns_off(change) else 2
     if change.provider == "ndppd":  # apply writes the whole file: one step, early or last
@@ -78,8 +87,10 @@ def phase_of(change: Change, provider_changes: Iterable[Change] = ()) -> int:
 def order_changes(changes: Iterable[Change]) -> list[Change]:
     """Changes sorted into phases (stable within a phase), each marked with its phase."""
     changes = list(changes)
-    ndppd = [c for c in changes if c.provider == "ndppd"]
-    ranked = [(phase_of(c, ndppd), i, c) for i, c in enumerate(changes)]
+    by_provider: dict[str, list[Change]] = {}
+    for change in changes:
+        by_provider.setdefault(change.provider, []).append(change)
+    ranked = [(phase_of(c, by_provider[c.provider]), i, c) for i, c in enumerate(changes)]
     ranked.sort(key=lambda item: (item[0], item[1]))
     return [
         c.model_copy(update={"phase": PHASES[p][0] if p < len(PHASES) else ""})

@@ -2,68 +2,24 @@
 
 from __future__ import annotations
 
-import os
+import socket
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from pydantic import JsonValue
 
 from ztplan import __version__
+from ztplan.address import Address
 from ztplan.checks import check_spec
 from ztplan.diff import diff_resources
+from ztplan.errors import ZtplanError
 from ztplan.host import Host
-from ztplan.model import Change, Finding, Plan, Snapshot, SpecSource
+from ztplan.model import Action, Change, Finding, Partial, Plan, PlanContext, Snapshot, SpecSource
 from ztplan.order import order_changes
-from ztplan.persist import Persist
 from ztplan.providers import Provider
-from ztplan.providers.firewall import Firewall, KernelNormaliser
-from ztplan.providers.sysctl import Sysctl
 from ztplan.spec import Spec
 from ztplan.state import StateFile
 
-__all__ = ["build_providers", "make_plan", "restrict"]
-
-CONTROLLER_URL_ENV = "ZTPLAN_CONTROLLER_URL"
-"""Overrides the spec's controller URL (the sandbox's emulator, a staging controller)."""
-MEMBER_URL_ENV = "ZTPLAN_MEMBER_URL"
-MEMBER_TOKEN_FILE_ENV = "ZTPLAN_MEMBER_TOKEN_FILE"
-"""Override the member service's URL and token file (the sandbox's emulator)."""
-
-
-def build_providers(spec: Spec, file: str, cache_dir: Path | None) -> list[Provider]:
-    """The providers the spec needs, with their I/O wired in."""
-    providers: list[Provider] = [
-        Firewall(normalise=KernelNormaliser(cache_dir=cache_dir), file=file),
-        Sysctl(keys=list(spec.sysctl)),
-    ]
-    if spec.ndppd is not None:
-        from ztplan.providers.ndppd import Ndppd
-
-        providers.append(Ndppd(config=spec.ndppd.config, pidfile=spec.ndppd.pidfile))
-    if spec.controller is not None and spec.networks:
-        from ztplan.api import shared_client
-        from ztplan.providers.controller import Controller, controller_client
-
-        api = controller_client(spec, shared_client(), os.environ.get(CONTROLLER_URL_ENV))
-        providers.append(Controller(api, spec.controller.kind, [n.id for n in spec.networks]))
-    if spec.member is not None and spec.member.networks:
-        from ztplan.api import shared_client
-        from ztplan.providers.member import Member, member_client
-
-        member = spec.member
-        if os.environ.get(MEMBER_URL_ENV):
-            member = member.model_copy(update={"service_url": os.environ[MEMBER_URL_ENV]})
-        if os.environ.get(MEMBER_TOKEN_FILE_ENV):
-            member = member.model_copy(
-                update={"token_file": os.environ[MEMBER_TOKEN_FILE_ENV], "token_env": None}
-            )
-        api = member_client(member, shared_client())
-        providers.append(Member(api, [n.id for n in member.networks]))
-    return [p for p in providers if p.manages(spec)]
-
-
-def _matches(address: str, target: str) -> bool:
-    return address == target or address.startswith((target + ".", target + "["))
+__all__ = ["DEPENDS", "make_plan", "restrict"]
 
 
 DEPENDS = {"announce": ("protect", "forward", "proxy"), "teardown": ("withdraw",)}
@@ -71,9 +27,37 @@ DEPENDS = {"announce": ("protect", "forward", "proxy"), "teardown": ("withdraw",
 after the routes through it are withdrawn."""
 
 
+def _prefixes(address: Address) -> set[str]:
+    """Every address `address` is under (`firewall.ipv4`, ..., `firewall.ipv4.filter.FORWARD`)."""
+    out: set[str] = set()
+    text = ""
+    for step in address.steps[:-1]:
+        if step.name is not None:
+            text = f"{text}.{step.name}" if text else step.name
+        else:
+            text = str(Address(text).item(str(step.key)))
+        out.add(text)
+    return out
+
+
+def _needed(change: Change, prefixes: set[str]) -> bool:
+    """A create that what is kept needs first: of a container itself, or of a plain name
+    right below one (a rule of `...FORWARD` needs `...FORWARD.chain` and `...FORWARD.jump`)."""
+    if change.action is not Action.CREATE:
+        return False
+    steps = change.address.steps
+    parent = str(change.address).rpartition(".")[0] if steps[-1].name is not None else ""
+    return change.address in prefixes or parent in prefixes
+
+
 def restrict(changes: Sequence[Change], targets: Sequence[str]) -> list[Change]:
-    """The changes at or under `targets`, plus those the kept ones depend on (in order)."""
-    chosen = {c.address for c in changes if any(_matches(c.address, t) for t in targets)}
+    """The changes at or under `targets`, with what the kept ones depend on: the creates
+    of their containers (a rule's chain and jump) and the phases they need (in order)."""
+    chosen = {c.address for c in changes if any(c.address.within(t) for t in targets)}
+    prefixes: set[str] = set()
+    for address in chosen:
+        prefixes |= _prefixes(address)
+    chosen |= {c.address for c in changes if _needed(c, prefixes)}
     needs = {p for c in changes if c.address in chosen for p in DEPENDS.get(c.phase, ())}
     return [c for c in changes if c.address in chosen or c.phase in needs]
 
@@ -86,26 +70,34 @@ def make_plan(
     state: StateFile | None = None,
     notes: Sequence[Finding] = (),
     targets: Sequence[str] = (),
-    persist: Persist | None = None,
+    context: PlanContext | None = None,
+    controller_url: str | None = None,
 ) -> tuple[Plan, dict[str, Snapshot]]:
-    """The plan, and the snapshots it was made from (apply rolls back to them). `notes` are
-    findings from outside the providers (an interrupted apply's journal); `targets`
-    restricts the changes to those addresses and what they depend on. With `persist`, the
-    boot files are compared with the live state just read (boot drift)."""
-    changes = []
-    unmanaged = []
+    """The plan, and the snapshots it was made from (apply edits and rolls back from them).
+
+    `notes` are findings from outside the providers (an interrupted apply's journal);
+    `targets` restricts the changes to those addresses and what they depend on (a target
+    that matches nothing is an error). `context` is the one the providers were built with:
+    filled in provider order, for a provider whose desired state is the others' live state.
+    """
+    context = context if context is not None else PlanContext()
+    context.snapshots.clear()  # a run may plan more than once (apply, after a prompt)
+    context.changes.clear()
+    unmanaged: list[Address] = []
     findings: list[Finding] = list(notes)
-    snapshots: dict[str, Snapshot] = {}
-    desired_values: dict[str, JsonValue] = {}
+    desired_values: dict[Address, JsonValue] = {}
+    known: set[Address] = set()
     for provider in providers:
         desired = provider.desired(spec)  # first: a bad spec fails before any live read
         snapshot = provider.read(host)
-        snapshots[provider.name] = snapshot
+        context.snapshots[provider.name] = snapshot
         found, foreign = diff_resources(provider.name, desired, snapshot.resources)
-        changes.extend(found)
+        context.changes.extend(found)
         unmanaged.extend(foreign)
         findings.extend(provider.check(spec, snapshot))
         desired_values.update({a: r.value for a, r in desired.items()})
+        known.update(desired)
+        known.update(snapshot.resources)
 
     def addresses() -> Mapping[str, Sequence[str]] | None:
         try:
@@ -114,11 +106,17 @@ def make_plan(
             return None
 
     findings.extend(check_spec(spec, addresses))
-    if persist is not None:
-        changes.extend(persist.changes(host, snapshots, changes))
-    ordered = order_changes(changes)
+    ordered = order_changes(context.changes)
+    partial = None
     if targets:
+        unknown = [t for t in targets if not any(a.within(t) for a in known)]
+        if unknown:
+            raise ZtplanError(
+                f"--target {unknown[0]} matches no resource of the spec or of the live state",
+                "run plan without --target to see the addresses",
+            )
         kept = restrict(ordered, targets)
+        partial = Partial(targets=list(targets), kept=len(kept), total=len(ordered))
         findings.insert(
             0,
             Finding(
@@ -133,15 +131,18 @@ def make_plan(
     plan = Plan.model_construct(
         ztplan_version=__version__,
         target=spec.target.name,
+        host=socket.gethostname(),
         netns=host.netns,
+        controller_url=controller_url,
         spec=source,
         changes=ordered,
         findings=findings,
         unmanaged=unmanaged,
-        snapshots={name: s.digest for name, s in snapshots.items()},
+        snapshots={name: s.digest for name, s in context.snapshots.items()},
         desired=desired_values,
+        partial=partial,
         state_lineage=state.lineage if state else None,
         state_serial=state.serial if state else None,
         spec_text=spec._text or None,
     )
-    return plan, snapshots
+    return plan, dict(context.snapshots)

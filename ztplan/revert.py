@@ -3,33 +3,69 @@
 
 The undo must happen even when the SSH session that started the apply died with the
 network it changed. So it is not left to that process: a detached reverter (its own
-session, no terminal, stdio on /dev/null, so neither SIGHUP nor a closed pty reaches it)
-sleeps until the deadline, then takes the target's lock and, if the apply's journal is
-still there and still the same apply, puts every provider back from the snapshots in the
-journal, restores the previous state file and removes the journal. `ztplan confirm`
+session, no terminal, stdio on a log file, so neither SIGHUP nor a closed pty reaches it)
+sleeps until the deadline, then, if the apply's journal is still there and still the same
+apply, undoes its steps (exactly their changes: a fail2ban ban added in the window stays),
+restores the previous state file, removes the journal and records the outcome in
+`<target>.reverted.json`, where `confirm` and the next plan read it. `ztplan confirm`
 removes the journal first; the reverter then finds nothing to do.
+
+The reverter runs as root with a file from the state dir as its only instruction, so it
+starts as nothing else could hijack it: an isolated interpreter (`python -I`: no current
+directory, no PYTHON* variables, no user site on the import path), absolute paths, `/` as
+its working directory and an environment of only what the spec's providers read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ztplan.apply import undo_steps
 from ztplan.errors import ZtplanError
-from ztplan.journal import Journal, journal_path, read_journal, remove_journal
+from ztplan.host import Host
+from ztplan.journal import Journal, JournalStep, journal_path, read_journal, remove_journal
+from ztplan.model import Snapshot
+from ztplan.providers import Provider
+from ztplan.state import state_path, write_atomic
 
-__all__ = ["arm_reverter", "confirm", "revert", "run_reverter"]
+__all__ = ["arm_reverter", "confirm", "read_outcome", "revert", "reverter_env"]
+
+_KEEP = (
+    "ZTPLAN_CONTROLLER_URL",
+    "ZTPLAN_CONTROLLER_TOKEN",
+    "ZTPLAN_MEMBER_URL",
+    "ZTPLAN_MEMBER_TOKEN_FILE",
+    "ZEROTIER_CENTRAL_TOKEN",
+)
 
 
-def arm_reverter(state_dir: Path, target: str, journal: Journal) -> int:
+def reverter_env(names: Sequence[str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The reverter's whole environment: a fixed PATH and only the variables the spec's
+    providers read (`names`: its token_env variables)."""
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LC_ALL": "C.UTF-8",
+    }
+    for name in (*_KEEP, *names):
+        if name in environ:
+            env[name] = environ[name]
+    return env
+
+
+def arm_reverter(state_dir: Path, target: str, journal: Journal, env: Mapping[str, str]) -> int:
     """Start the detached reverter for `journal`; return its pid."""
+    state_dir = state_dir.resolve()
     log = open(state_dir / f"{target}.revert.log", "ab")  # noqa: SIM115 - the child's
     child = subprocess.Popen(
         [
-            sys.executable,
+            os.path.abspath(sys.executable),  # not realpath: a venv is found by its path
+            "-I",
             "-m",
             "ztplan",
             "revert-at-deadline",
@@ -45,10 +81,42 @@ def arm_reverter(state_dir: Path, target: str, journal: Journal) -> int:
         stderr=log,
         start_new_session=True,
         close_fds=True,
-        env=os.environ.copy(),
+        cwd="/",
+        env=dict(env),
     )
     log.close()
     return child.pid
+
+
+def _outcome_path(state_dir: Path, target: str) -> Path:
+    return state_dir / f"{target}.reverted.json"
+
+
+def read_outcome(state_dir: Path, target: str) -> dict[str, str] | None:
+    """How the last confirm window of `target` ended, if it was reverted."""
+    try:
+        data = json.loads(_outcome_path(state_dir, target).read_text())
+    except (OSError, ValueError):
+        return None
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+
+def record_outcome(state_dir: Path, target: str, journal: Journal, outcome: str) -> None:
+    write_atomic(
+        _outcome_path(state_dir, target),
+        json.dumps(
+            {
+                "journal": journal.id,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "outcome": outcome,
+            }
+        )
+        + "\n",
+    )
+
+
+def clear_outcome(state_dir: Path, target: str) -> None:
+    _outcome_path(state_dir, target).unlink(missing_ok=True)
 
 
 def confirm(state_dir: Path, target: str) -> Journal:
@@ -56,6 +124,13 @@ def confirm(state_dir: Path, target: str) -> Journal:
     path = journal_path(state_dir, target)
     journal = read_journal(path)
     if journal is None or journal.confirm_by is None:
+        done = read_outcome(state_dir, target)
+        if done is not None:
+            raise ZtplanError(
+                f"{target}: too late: the apply was reverted at {done.get('at')} "
+                f"({done.get('outcome')})",
+                "check with ztplan plan, and apply again",
+            )
         raise ZtplanError(f"{target}: no apply is waiting for confirmation")
     if time.time() >= journal.confirm_by:
         raise ZtplanError(
@@ -66,67 +141,27 @@ def confirm(state_dir: Path, target: str) -> Journal:
     return journal
 
 
-def revert(state_dir: Path, journal: Journal) -> tuple[list[str], list[str]]:
-    """Put the host back as the journal's snapshots saw it; (reverted, failed)."""
-    from ztplan.host import LocalHost
-    from ztplan.model import Snapshot
-    from ztplan.plan import build_providers
-    from ztplan.spec import parse_spec
-    from ztplan.state import state_path, write_atomic
+def revert(
+    state_dir: Path,
+    journal: Journal,
+    host: Host,
+    providers: Mapping[str, Provider],
+) -> tuple[list[str], list[str]]:
+    """Undo the journal's steps that are in place; put the previous state file back.
+    (reverted, not reverted) step names."""
+    snapshots = {name: Snapshot(resources={}, raw=raw) for name, raw in journal.snapshots.items()}
+    steps: list[JournalStep] = [s for s in journal.in_place() if s.provider in providers]
+    path = journal_path(state_dir, journal.target)
+    from ztplan.journal import log_event
 
-    spec = parse_spec(journal.spec_text, journal.spec_file)
-    host = LocalHost(journal.netns)
-    providers = {p.name: p for p in build_providers(spec, journal.spec_file, None)}
-    reverted: list[str] = []
-    failed: list[str] = []
-    order = list(dict.fromkeys(step.split(" ")[0] for step in journal.steps))
-    for name in reversed(order):
-        if name not in providers or name not in journal.snapshots:
-            continue
-        try:
-            providers[name].rollback(host, Snapshot(resources={}, raw=journal.snapshots[name]))
-        except Exception as error:  # keep going: put back as much as possible
-            failed.append(f"{name} ({error})")
+    def record(step: JournalStep, error: Exception | None) -> None:
+        log_event(path, journal, "undone" if error is None else "stuck", step.index)
+
+    reverted, failed = undo_steps(steps, snapshots, host, providers, record)
+    if not failed:
+        state = state_path(state_dir, journal.target)
+        if journal.previous_state is not None:
+            write_atomic(state, journal.previous_state)
         else:
-            reverted.append(name)
-    if journal.persist_root is not None and not failed:  # boot files follow the live state
-        from ztplan.persist import make_persist
-
-        persist, _ = make_persist(spec.persist, Path(journal.persist_root), spec, journal.netns)
-        if persist is not None:
-            try:
-                persist.save(host, list(providers.values()))
-            except Exception as error:
-                failed.append(f"persist ({error})")
-            else:
-                reverted.append("persist")
-    state = state_path(state_dir, journal.target)
-    if journal.previous_state is not None:
-        write_atomic(state, journal.previous_state)
-    else:
-        state.unlink(missing_ok=True)
+            state.unlink(missing_ok=True)
     return reverted, failed
-
-
-def run_reverter(state_dir: Path, target: str, journal_id: str) -> str:
-    """The detached process: wait for the deadline, then revert unless confirmed."""
-    from ztplan.lock import lock_path, locked
-
-    path = journal_path(state_dir, target)
-    journal = read_journal(path)
-    if journal is None or journal.id != journal_id or journal.confirm_by is None:
-        return "nothing to revert"
-    while (left := journal.confirm_by - time.time()) > 0:
-        time.sleep(min(left, 1.0))
-        current = read_journal(path)
-        if current is None or current.id != journal_id:
-            return "confirmed in time"
-    with locked(lock_path(state_dir, target), "revert", timeout=300):
-        current = read_journal(path)
-        if current is None or current.id != journal_id:
-            return "confirmed in time"
-        reverted, failed = revert(state_dir, current)
-        remove_journal(path)
-    return f"reverted: {', '.join(reverted) or 'nothing'}" + (
-        f"; FAILED: {', '.join(failed)}" if failed else ""
-    )

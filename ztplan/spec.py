@@ -31,6 +31,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from ztplan.errors import SpecError
+from ztplan.iptables import FAMILIES, TABLES
 
 __all__ = [
     "FAMILIES",
@@ -44,15 +45,6 @@ __all__ = [
     "rule_problem",
 ]
 
-FAMILIES = ("ipv4", "ipv6")
-TABLES: dict[str, tuple[str, ...]] = {
-    "filter": ("INPUT", "FORWARD", "OUTPUT"),
-    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
-    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
-    "raw": ("PREROUTING", "OUTPUT"),
-    "security": ("INPUT", "FORWARD", "OUTPUT"),
-}
-"""Tables ztplan manages and their built-in chains (the only ones with a policy)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _QUOTING = re.compile(r"['\"\\\\]")

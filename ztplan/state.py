@@ -19,7 +19,14 @@ from ztplan import __version__
 from ztplan.errors import ZtplanError
 from ztplan.model import Address, SpecSource
 
-__all__ = ["StateFile", "read_state", "state_path", "write_atomic", "write_state"]
+__all__ = [
+    "StateFile",
+    "read_state",
+    "read_states",
+    "state_path",
+    "write_atomic",
+    "write_state",
+]
 
 
 class StateFile(BaseModel):
@@ -35,6 +42,12 @@ class StateFile(BaseModel):
     applied_at: str = Field(description="UTC time of the apply, ISO 8601.")
     resources: dict[Address, str] = Field(
         description="Digest of each resource the spec manages, as read back after the apply."
+    )
+    claims: dict[str, str] = Field(
+        default_factory=dict,
+        description="What this target holds on its host that another target may not hold "
+        "differently: chain policies and sysctl keys (address -> value) and ndppd's config "
+        "file (`ndppd.config` -> path). Another target's plan is an error on a conflict.",
     )
 
 
@@ -53,6 +66,20 @@ def read_state(state_dir: Path, target: str) -> StateFile | None:
             f"{path}: unreadable state file ({error.__class__.__name__})",
             "move it aside; the next apply writes a new one",
         ) from None
+
+
+def read_states(state_dir: Path) -> list[StateFile]:
+    """Every target's state in the directory (unreadable ones are skipped: each target's
+    own run reports its own)."""
+    out = []
+    for path in sorted(state_dir.glob("*.json")):
+        if path.name.endswith(".journal.json") or path.name.startswith("."):
+            continue
+        try:
+            out.append(StateFile.model_validate_json(path.read_bytes()))
+        except (OSError, ValidationError, ValueError):
+            continue
+    return out
 
 
 def write_atomic(path: Path, data: str, mode: int = 0o644) -> None:
@@ -79,6 +106,7 @@ def write_state(
     netns: str | None,
     spec: SpecSource,
     resources: dict[Address, str],
+    claims: dict[str, str] | None = None,
 ) -> StateFile:
     state = StateFile(
         serial=(previous.serial + 1) if previous else 1,
@@ -89,6 +117,7 @@ def write_state(
         spec=spec,
         applied_at=datetime.now(UTC).isoformat(timespec="seconds"),
         resources=dict(sorted(resources.items())),
+        claims=dict(sorted((claims or {}).items())),
     )
     # pydantic's own serialiser: ~5x faster than json.dumps on 20,000 resources.
     write_atomic(state_path(state_dir, target), state.model_dump_json(indent=2) + "\n")

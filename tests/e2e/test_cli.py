@@ -78,7 +78,8 @@ def test_validate_good_and_bad(tmp_path: Path, spec: Path) -> None:
 def test_plan_apply_plan_exit_codes(tmp_path: Path, spec: Path, netns: str) -> None:
     done = ztplan("plan", str(spec), "--netns", netns, "--detailed-exitcode", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
-    assert done.stdout.endswith("Plan: 6 to add, 4 to change, 0 to destroy.\n")
+    assert done.stdout.endswith("Plan: 12 to add, 4 to change, 0 to destroy.\n")
+    assert f"Target: gw on host {socket.gethostname()} (netns {netns})\n" in done.stdout
     assert (
         '  + firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7"]\n'
         in done.stdout
@@ -86,14 +87,20 @@ def test_plan_apply_plan_exit_codes(tmp_path: Path, spec: Path, netns: str) -> N
     assert '  ~ sysctl["net.ipv4.ip_forward"]: "0" -> "1"\n' in done.stdout
 
     as_json = json.loads(ztplan("plan", str(spec), "--netns", netns, "--json", cwd=tmp_path).stdout)
-    assert as_json["format_version"] == "1"
+    assert as_json["format_version"] == "2"
     assert as_json["target"] == "gw"
     assert as_json["spec"]["path"] == str(spec)
-    assert len(as_json["changes"]) == 10
+    assert len(as_json["changes"]) == 16
+    assert as_json["counts"] == {"add": 12, "change": 4, "destroy": 0}
     assert set(as_json["snapshots"]) == {"firewall", "sysctl"}
 
     markdown = ztplan("plan", str(spec), "--netns", netns, "--format", "markdown", cwd=tmp_path)
-    assert "| gw | 6 | 4 | 0 |" in markdown.stdout
+    assert (
+        f"| `gw on host {socket.gethostname()} (netns {netns})` | 12 | 4 | 0 |" in markdown.stdout
+    )
+    assert (
+        '| forward | update | `sysctl["net.ipv4.ip_forward"]` | `"0"` → `"1"` |' in markdown.stdout
+    )
 
     done = ztplan("apply", str(spec), "--netns", netns, "--auto-approve", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -102,8 +109,11 @@ def test_plan_apply_plan_exit_codes(tmp_path: Path, spec: Path, netns: str) -> N
     assert done.returncode == 0, done.stderr
     assert "No changes. The live state matches the spec." in done.stdout
 
-    state = json.loads(ztplan("show", "--state", cwd=tmp_path).stdout)
+    (state,) = json.loads(ztplan("show", "--state", "--json", cwd=tmp_path).stdout)
     assert (state["serial"], state["target"], state["netns"]) == (1, "gw", netns)
+    summary = ztplan("show", "--state", cwd=tmp_path).stdout
+    assert summary.startswith("gw: serial 1, applied ")
+    assert f"in netns {netns}\n  spec: {spec}\n  manages: 17 firewall, 2 sysctl\n" in summary
 
 
 @needs_netns
@@ -259,6 +269,7 @@ def test_spec_from_a_git_ref_not_the_work_tree(
         assert any(address in c["address"] for c in plan["changes"])
     done = ztplan(
         "apply",
+        "specs/gateway.yaml",
         "--repo",
         str(tmp_path / "repo"),
         "--ref",
@@ -314,7 +325,7 @@ def test_a_change_while_asking_refuses_the_apply(tmp_path: Path, spec: Path, net
     for line in child.stdout:  # the plan is printed before the question
         if line.startswith("Plan: "):
             break
-    sh(netns, "iptables", "-A", "FORWARD", "-j", "LOG")  # someone else, meanwhile
+    sh(netns, "iptables", "-P", "INPUT", "DROP")  # someone else, meanwhile
     before = full_dump(netns)
     _, err = child.communicate("yes\n", timeout=60)
     assert child.returncode == 1
@@ -326,11 +337,38 @@ def test_a_change_while_asking_refuses_the_apply(tmp_path: Path, spec: Path, net
 
 
 @needs_netns
+def test_a_foreign_rule_added_while_asking_does_not_stop_the_apply(
+    tmp_path: Path, spec: Path, netns: str
+) -> None:
+    """fail2ban bans whenever it likes: a rule ztplan leaves alone does not make the plan
+    the operator approved stale, and it is still there afterwards."""
+    env = {**os.environ, "ZTPLAN_STATE_DIR": str(tmp_path / "state"), "NO_COLOR": "1"}
+    child = subprocess.Popen(
+        [*ZTPLAN, "apply", str(spec), "--netns", netns],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.startswith("Plan: "):
+            break
+    sh(netns, "iptables", "-I", "FORWARD", "1", "-s", "203.0.113.9", "-j", "DROP")
+    _, err = child.communicate("yes\n", timeout=60)
+    assert child.returncode == 0, err
+    forward = [r for r in sh(netns, "iptables-save", "-t", "filter").splitlines() if "FORWARD" in r]
+    assert "-A FORWARD -s 203.0.113.9/32 -j DROP" in forward
+
+
+@needs_netns
 def test_target_limits_plan_and_apply_and_says_so(tmp_path: Path, spec: Path, netns: str) -> None:
     done = ztplan("plan", str(spec), "--netns", netns, "--target", "sysctl", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (
-        "Warning: target: partial plan: 2 of 10 change(s), for sysctl and what they depend on"
+        "Warning: target: partial plan: 2 of 16 change(s), for sysctl and what they depend on"
         in done.stdout
     )
     assert "firewall" not in done.stdout.split("in this order:")[1]
@@ -355,7 +393,7 @@ def test_target_limits_plan_and_apply_and_says_so(tmp_path: Path, spec: Path, ne
         'sysctl["net.ipv6.conf.all.forwarding"]',
     ]
     rest = ztplan("plan", str(spec), "--netns", netns, "--detailed-exitcode", cwd=tmp_path)
-    assert rest.returncode == 2 and "Plan: 6 to add, 2 to change, 0 to destroy." in rest.stdout
+    assert rest.returncode == 2 and "Plan: 12 to add, 2 to change, 0 to destroy." in rest.stdout
 
 
 @needs_netns
@@ -430,7 +468,7 @@ def test_dropping_the_firewall_section_deletes_ztplan_rules_and_warns_about_drop
     )
     spec.write_text("version: 1\ntarget: {name: gw}\nsysctl: {net.ipv4.ip_forward: 1}\n")
     done = ztplan("plan", str(spec), "--netns", netns, cwd=tmp_path)
-    assert "Plan: 0 to add, 0 to change, 6 to destroy." in done.stdout
+    assert "Plan: 0 to add, 0 to change, 12 to destroy." in done.stdout
     assert (
         "Warning: firewall.ipv4.filter.policy.FORWARD: the FORWARD policy stays DROP" in done.stdout
     )

@@ -68,14 +68,19 @@ def test_sigkill_at_a_step_boundary_then_plan_and_apply_converge(
     assert killed.returncode == -9, killed.stderr
     found = read_journal(tmp_path / "state" / "gw.journal.json")
     assert found is not None
-    journal = found.model_dump()
-    assert journal["steps"] == ["firewall (protect)", "sysctl (forward)", "controller (announce)"]
-    assert journal["done"] == journal["steps"][: 3 if point == "state" else int(point[-1])]
+    assert [s.name for s in found.steps] == [
+        "firewall (protect)",
+        "sysctl (forward)",
+        "controller (announce)",
+    ]
+    assert found.done == list(range(3 if point == "state" else int(point[-1])))
 
     planned = run(tmp_path, emulator, "plan", str(spec), "--netns", netns)
     assert planned.returncode == 0, planned.stderr
-    assert f"Warning: apply.interrupted: an apply of gw (pid {journal['pid']}" in planned.stdout
-    assert "did not finish: done: " in planned.stdout
+    assert f"Warning: apply.interrupted: an apply of gw (pid {found.pid}" in planned.stdout
+    assert "did not finish: in place: " in planned.stdout
+    # The next plan says the lock is stale too, before apply refuses over it.
+    assert "gw.lock is stale (left by pid" in planned.stdout
 
     lock = json.loads((tmp_path / "state" / "gw.lock").read_text())
     stale = run(tmp_path, emulator, "apply", str(spec), "--netns", netns, "--auto-approve")

@@ -194,7 +194,7 @@ def test_drift_exit_codes_and_metrics(tmp_path: Path, repo: git.Repo, netns: str
     sh(netns, "sysctl", "-qw", "net.ipv4.ip_forward=0")
     drifted = run(tmp_path, "drift", *where, "--metrics-file", str(metrics))
     assert drifted.returncode == 2
-    assert drifted.stdout == 'drift: gw: ~ sysctl["net.ipv4.ip_forward"]\n'
+    assert drifted.stdout == 'drift: gw: ~ sysctl["net.ipv4.ip_forward"]: "0" -> "1"\n'
     assert 'ztplan_drift_resources{target="gw",provider="sysctl"} 1\n' in metrics.read_text()
     assert sh(netns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "0"  # nothing changed
 

@@ -54,11 +54,9 @@ def test_a_saved_plan_applies_exactly_and_the_spec_file_does_not_matter(
     spec.write_text(SPEC.replace("--dport 22", "--dport 2222"))  # edited after review
     done = ztplan("apply", "plan.json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "-A INPUT -p tcp -m comment --comment ztplan -m tcp --dport 22 -j ACCEPT" in rules_of(
-        netns
-    )
+    assert "-A ZT-gw.INPUT -p tcp -m tcp --dport 22 -j ACCEPT" in rules_of(netns)
     shown = ztplan("show", "plan.json", cwd=tmp_path)
-    assert shown.returncode == 0 and "Plan: 2 to add, 1 to change, 0 to destroy." in shown.stdout
+    assert shown.returncode == 0 and "Plan: 6 to add, 1 to change, 0 to destroy." in shown.stdout
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["spec_text"] == SPEC and "token" not in json.dumps(plan).lower()
 
@@ -69,29 +67,16 @@ def test_a_stale_saved_plan_is_refused_naming_what_moved(
     assert (
         ztplan("plan", str(spec), "--netns", netns, "-o", "plan.json", cwd=tmp_path).returncode == 0
     )
-    sh(
-        netns,
-        "iptables",
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "22",
-        "-m",
-        "comment",
-        "--comment",
-        "ztplan",
-        "-j",
-        "ACCEPT",
-    )  # someone applied part of it meanwhile
+    # Someone made part of it meanwhile: ztplan's own chain and a rule in it.
+    sh(netns, "iptables", "-N", "ZT-gw.INPUT")
+    sh(netns, "iptables", "-A", "ZT-gw.INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
     before = full_dump(netns)
     done = ztplan("apply", "plan.json", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         "Error: plan.json: the live state changed since the plan was made "
-        '(firewall.ipv4.filter.INPUT["-p tcp -m tcp --dport 22 -j ACCEPT"]); nothing was '
-        "applied (plan again and review the new changes)"
+        '(firewall.ipv4.filter.INPUT.chain, firewall.ipv4.filter.INPUT["-p tcp -m tcp --dport '
+        '22 -j ACCEPT"]); nothing was applied (plan again and review the new changes)'
     )
     assert full_dump(netns) == before
 
@@ -129,8 +114,14 @@ def test_an_unconfirmed_apply_reverts_by_itself(tmp_path: Path, spec: Path, netn
     assert wait_for(lambda: full_dump(netns) == before), "not reverted"
     assert wait_for(lambda: not (tmp_path / "state" / "gw.journal.json").exists())
     assert not (tmp_path / "state" / "gw.json").exists()  # the state is put back too
-    log = (tmp_path / "state" / "gw.revert.log").read_text()
-    assert "gw: reverted: firewall" in log
+    log = tmp_path / "state" / "gw.revert.log"
+    assert wait_for(lambda: "gw: reverted: firewall (protect)" in log.read_text())
+    outcome = json.loads((tmp_path / "state" / "gw.reverted.json").read_text())
+    assert outcome["outcome"] == "reverted: firewall (protect)"
+    late = ztplan("confirm", cwd=tmp_path)
+    assert late.returncode == 1 and "too late: the apply was reverted at" in late.stderr
+    noted = ztplan("plan", str(spec), "--netns", netns, cwd=tmp_path).stdout
+    assert "Warning: apply.reverted: the last apply was not confirmed and was reverted" in noted
 
 
 def test_a_confirmed_apply_stays(tmp_path: Path, spec: Path, netns: str) -> None:
@@ -208,7 +199,7 @@ def test_boot_files_follow_the_apply_and_boot_drift_is_reported(
     done = ztplan("apply", *where, "--auto-approve", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     rules = (root / "etc/iptables/rules.v4").read_text()
-    assert "-A INPUT -p tcp -m comment --comment ztplan -m tcp --dport 22 -j ACCEPT" in rules
+    assert "-A ZT-gw.INPUT -p tcp -m tcp --dport 22 -j ACCEPT" in rules
     assert "net.ipv4.ip_forward = 1" in (root / "etc/sysctl.d/90-ztplan.conf").read_text()
     clean = ztplan("plan", *where, "--detailed-exitcode", cwd=tmp_path)
     assert clean.returncode == 0, clean.stdout
@@ -240,6 +231,8 @@ def test_a_revert_rewrites_the_boot_files_too(tmp_path: Path, spec: Path, netns:
     assert done.returncode == 0, done.stderr
     rules = root / "etc/iptables/rules.v4"
     assert "--dport 22" in rules.read_text()
-    assert wait_for(lambda: "--dport 22" not in rules.read_text()), "boot file not reverted"
-    log = (tmp_path / "state" / "gw.revert.log").read_text()
-    assert "gw: reverted: firewall, persist" in log
+    # There was no boot file before the apply: the revert leaves none.
+    assert wait_for(lambda: not rules.exists()), "boot file not reverted"
+    log = tmp_path / "state" / "gw.revert.log"
+    # The reverter logs its outcome once it is done: wait for the line, not only the effect.
+    assert wait_for(lambda: "gw: reverted: persist (boot), firewall (protect)" in log.read_text())

@@ -63,9 +63,10 @@ def changes(p: Controller, spec: Spec) -> list[Change]:
     return diff_resources(p.name, p.desired(spec), p.read(HOST).resources)[0]
 
 
-def apply_all(p: Controller, spec: Spec) -> None:
-    desired = {a: r.value for a, r in p.desired(spec).items()}
-    p.apply(HOST, changes(p, spec), desired)
+def apply_all(p: Controller, spec: Spec) -> list[Change]:
+    planned = changes(p, spec)
+    p.apply(HOST, planned, p.read(HOST))
+    return planned
 
 
 def posts(emu: ControllerEmulator) -> list[object]:
@@ -182,7 +183,7 @@ def test_a_controller_that_stays_down_is_a_clear_error_and_nothing_half_applied(
     pending = changes(p, spec)
     emulator.faults.status_5xx = 1000
     with pytest.raises(ControllerError) as error:
-        p.apply(HOST, pending, {a: r.value for a, r in p.desired(spec).items()})
+        p.apply(HOST, pending, p.read(HOST))
     assert str(error.value) == (
         f"controller: GET {emulator.url}/api/v1/network/{NWID} answered 503, 4 attempts"
     )
@@ -196,8 +197,8 @@ def test_rollback_puts_the_old_fields_back(
     p, spec = provider(emulator, http, "local"), spec_for("local")
     emulator.add_network(NWID, routes=[{"target": "10.9.0.0/16"}])
     snapshot = p.read(HOST)
-    apply_all(p, spec)
-    p.rollback(HOST, snapshot)
+    planned = apply_all(p, spec)
+    p.rollback(HOST, snapshot, planned)
     assert p.read(HOST).digest == snapshot.digest
     assert emulator.network(NWID)["routes"] == [{"target": "10.9.0.0/16", "via": None}]
 

@@ -18,13 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, full_dump, rules_of, sh
+from tests.conftest import ROOT, full_dump, open_spec, rules_of, sh
 from ztplan.api import ApiClient
 from ztplan.host import LocalHost
 from ztplan.importer import adopt_rules, import_spec
-from ztplan.model import Plan, SpecSource
-from ztplan.plan import build_providers, make_plan
-from ztplan.providers.firewall import KernelNormaliser
+from ztplan.model import Plan
+from ztplan.normalise import KernelNormaliser
 from ztplan.spec import Controller, parse_spec
 from ztplan.testing.emulator import ControllerEmulator
 
@@ -75,12 +74,7 @@ class Gateway:
             )
 
     def plan(self, text: str) -> Plan:
-        spec = parse_spec(text, "imported.yaml")
-        providers = build_providers(spec, "imported.yaml", self.tmp / "cache")
-        plan, _ = make_plan(
-            spec, SpecSource(path="imported.yaml"), LocalHost(self.netns), providers
-        )
-        return plan
+        return open_spec(text, self.netns, self.tmp / "state", name="imported.yaml").plan()
 
 
 @pytest.fixture
@@ -115,9 +109,11 @@ def gateway(netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
                 pass
 
 
+JUMP = '-m comment --comment "ztplan:gw1" -j ZT-gw1.'
 FORWARD_V6 = [
-    f"-A FORWARD -s {PREFIX} -i zt+ -m comment --comment ztplan -j ACCEPT",
-    f"-A FORWARD -d {PREFIX} -i eth0 -m comment --comment ztplan -j ACCEPT",
+    f"-A FORWARD {JUMP}FORWARD",
+    f"-A ZT-gw1.FORWARD -s {PREFIX} -i zt+ -j ACCEPT",
+    f"-A ZT-gw1.FORWARD -d {PREFIX} -i eth0 -j ACCEPT",
 ]
 
 
@@ -144,17 +140,20 @@ def test_imported_and_adopted_gateway_plans_no_changes(gateway: Gateway) -> None
         LocalHost(gateway.netns), spec, KernelNormaliser(cache_dir=gateway.tmp / "cache")
     )
     assert len(adopted) == 5
-    # Same rules, same places; the tag added; Docker's jump untouched.
+    # The same rules, moved into the target's own chains; Docker's jump untouched.
     assert full_dump(gateway.netns) != before
-    assert rules_of(gateway.netns, "ipv4", "filter")[-2:] == [
+    assert [r for r in rules_of(gateway.netns, "ipv4", "filter") if r.startswith("-A")] == [
+        f"-A FORWARD {JUMP}FORWARD",
         "-A FORWARD -j DOCKER-USER",
-        "-A FORWARD -s 10.6.4.0/22 -i zt+ -m comment --comment ztplan -j ACCEPT",
+        "-A ZT-gw1.FORWARD -s 10.6.4.0/22 -i zt+ -j ACCEPT",
     ]
-    assert rules_of(gateway.netns, "ipv6", "filter")[-2:] == FORWARD_V6
-    assert rules_of(gateway.netns, "ipv4", "nat")[-2:] == [
-        "-A POSTROUTING -s 10.6.4.0/22 -d 10.6.4.0/22 -m comment --comment ztplan -j RETURN",
-        "-A POSTROUTING -s 10.6.4.0/22 -m comment --comment ztplan "
-        "-j SNAT --to-source 198.51.100.7",
+    assert [r for r in rules_of(gateway.netns, "ipv6", "filter") if r.startswith("-A")] == (
+        FORWARD_V6
+    )
+    assert [r for r in rules_of(gateway.netns, "ipv4", "nat") if r.startswith("-A")] == [
+        f"-A POSTROUTING {JUMP}POSTROUTING",
+        "-A ZT-gw1.POSTROUTING -s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN",
+        "-A ZT-gw1.POSTROUTING -s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7",
     ]
     plan = gateway.plan(text)
     assert plan.changes == []
@@ -175,12 +174,21 @@ def test_imported_and_adopted_gateway_plans_no_changes(gateway: Gateway) -> None
     assert "No changes." in done.stdout
 
 
-def test_without_adoption_the_plan_shows_only_the_tags_as_creates(gateway: Gateway) -> None:
-    """What the module docstring promises: one create per untagged rule, nothing else, and
-    the hand-made originals listed as unmanaged."""
+def test_without_adoption_the_plan_shows_only_the_own_chains_as_creates(
+    gateway: Gateway,
+) -> None:
+    """What the module docstring promises: one create per rule in ztplan's own chains (and
+    the chains and jumps), nothing else, and the hand-made originals listed as unmanaged."""
     plan = gateway.plan(gateway.import_text())
+    own = [
+        ("create", f"firewall.{f}.{t}.{c}.{k}")
+        for f, t, c in (("ipv4", "nat", "POSTROUTING"), ("ipv4", "filter", "FORWARD"),
+                        ("ipv6", "filter", "FORWARD"))
+        for k in ("chain", "jump")
+    ]  # fmt: skip
     assert sorted((c.action.value, c.address) for c in plan.changes) == sorted(
-        [
+        own
+        + [
             ("create", 'firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN"]'),
             (
                 "create",

@@ -99,7 +99,7 @@ def test_plan_apply_then_a_second_plan_shows_no_change(
         (flag_address(NWID, "allow_default"), False, True),
         (flag_address(NWID, "allow_dns"), False, True),
     ]
-    member.apply(fake_host(), changes, {})
+    member.apply(fake_host(), changes, member.read(fake_host()))
     assert posts(emu) == [(f"/network/{NWID}", {"allowDefault": True, "allowDNS": True})]
     assert plan(member, spec) == []
 
@@ -111,9 +111,10 @@ def test_rollback_puts_back_the_flags_read_before(
     spec = spec_for(emu, f"[{{id: {NWID}, allow_default: true, allow_global: false}}]")
     member, _ = provider(spec, http, monkeypatch)
     before = member.read(fake_host())
-    member.apply(fake_host(), plan(member, spec), {})
+    planned = plan(member, spec)
+    member.apply(fake_host(), planned, before)
     assert member.read(fake_host()).digest != before.digest
-    member.rollback(fake_host(), before)
+    member.rollback(fake_host(), before, planned)
     assert member.read(fake_host()).digest == before.digest
     assert posts(emu)[-1] == (f"/network/{NWID}", {"allowDefault": False, "allowGlobal": True})
 
@@ -138,7 +139,7 @@ def test_a_network_not_joined_is_an_error_and_nothing_is_posted(
         after=True,
     )
     with pytest.raises(ControllerError, match="has not joined"):
-        member.apply(fake_host(), [change], {})
+        member.apply(fake_host(), [change], member.read(fake_host()))
     assert posts(emu) == []
     assert [
         n["nwid"] for n in http.get(emu.url + "/network", headers={"X-ZT1-Auth": TOKEN}).json()
@@ -157,7 +158,7 @@ def test_5xx_and_429_are_retried_to_success(
     assert len(sleeps) == 3
     emu.faults.status_5xx = 2
     emu.faults.rate_limit_429 = 1
-    member.apply(fake_host(), changes, {})
+    member.apply(fake_host(), changes, member.read(fake_host()))
     assert posts(emu) == [(f"/network/{NWID}", {"allowDefault": True})]
     assert plan(member, spec) == []
 
@@ -171,7 +172,7 @@ def test_a_dropped_connection_is_retried(
     emu.faults.drop_connection = 1
     changes = plan(member, spec)
     emu.faults.drop_connection = 1
-    member.apply(fake_host(), changes, {})
+    member.apply(fake_host(), changes, member.read(fake_host()))
     assert len(sleeps) == 2
     assert plan(member, spec) == []
 

@@ -57,9 +57,11 @@ def plan(provider: Ndppd, spec: Spec, host: LocalHost) -> list[Change]:
     return diff_resources(provider.name, provider.desired(spec), provider.read(host).resources)[0]
 
 
-def apply(provider: Ndppd, spec: Spec, host: LocalHost) -> None:
-    desired = {a: r.value for a, r in provider.desired(spec).items()}
-    provider.apply(host, plan(provider, spec, host), desired)
+def apply(provider: Ndppd, spec: Spec, host: LocalHost) -> list[Change]:
+    before = provider.read(host)
+    planned = plan(provider, spec, host)
+    provider.apply(host, planned, before)
+    return planned
 
 
 def daemon_netns(pidfile: Path) -> str:
@@ -132,8 +134,8 @@ def test_rollback_restores_the_old_file_and_daemon_state(
     provider = Ndppd(config=str(files[0]), pidfile=str(files[1]))
     files[0].write_text("proxy eth0 {\n    rule 2001:db8::/64 {\n        static\n    }\n}\n")
     before = provider.read(host)
-    apply(provider, spec, host)
-    provider.rollback(host, before)
+    planned = apply(provider, spec, host)
+    provider.rollback(host, before, planned)
     assert (
         files[0].read_text() == "proxy eth0 {\n    rule 2001:db8::/64 {\n        static\n    }\n}\n"
     )

@@ -7,10 +7,12 @@ without a recorded answer fails the test instead of returning something made up.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ztplan.host import CommandResult
+from ztplan.iptables import TABLES, Table, jump_target, parse_save
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -91,3 +93,100 @@ def saved_dumps(case: str) -> dict[tuple[str, ...], str | CommandResult]:
         path = directory / f"{tool}.txt"
         out[(tool,)] = path.read_text() if path.exists() else ""
     return out
+
+
+class FakeKernel(ReplayHost):
+    """A tiny iptables for convergence checks: `*-save` prints the state; `*-restore` edits
+    it as the kernel does (-A, -I N, -D N, -D by spec removes the first identical rule, -P,
+    -F, -X; `:CHAIN` creates a user chain or flushes an existing one, --noflush or not;
+    without --noflush each table in the input is emptied first). A failing line leaves the
+    family unchanged (one transaction), as the kernel's commit does."""
+
+    def __init__(self, dumps: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        dumps = dumps or {}
+        self.tables = {f: parse_save(dumps.get(f, "")) for f in ("ipv4", "ipv6")}
+
+    def run(self, argv: Sequence[str], input: str | None = None) -> CommandResult:
+        key = tuple(argv)
+        self.calls.append((key, input))
+        family = "ipv6" if argv[0].startswith("ip6") else "ipv4"
+        if argv[0].endswith("-save"):
+            return CommandResult(key, 0, self.save(family), "")
+        tables = copy.deepcopy(self.tables[family])
+        try:
+            self._restore(tables, input or "", noflush="--noflush" in argv)
+        except ValueError as error:
+            return CommandResult(key, 1, "", f"{argv[0]} v1.8.9 (nf_tables): {error}\n")
+        self.tables[family] = tables
+        return CommandResult(key, 0, "", "")
+
+    def restores(self) -> list[str]:
+        """The input of each restore run, in order."""
+        return [text or "" for argv, text in self.calls if argv[0].endswith("-restore")]
+
+    def save(self, family: str) -> str:
+        out: list[str] = []  # a kernel without tables prints nothing at all
+        for name, table in self.tables[family].items():
+            out.append(f"*{name}")
+            out += [f":{chain} {policy} [0:0]" for chain, policy in table.policies.items()]
+            out += [f"-A {chain} {rule}" for chain, rules in table.rules.items() for rule in rules]
+            out.append("COMMIT")
+        return "".join(f"{line}\n" for line in out)
+
+    @staticmethod
+    def _restore(tables: dict[str, Table], text: str, noflush: bool) -> None:
+        table: Table | None = None
+        for line in text.split("\n"):
+            words = line.split()
+            if not words or line.startswith("#") or line == "COMMIT":
+                continue
+            if line.startswith("*"):
+                name = line[1:]
+                if not noflush or name not in tables:
+                    builtins = TABLES[name]
+                    tables[name] = Table(
+                        policies=dict.fromkeys(builtins, "ACCEPT"), rules={c: [] for c in builtins}
+                    )
+                table = tables[name]
+                continue
+            assert table is not None, f"a line before any table: {line}"
+            if line.startswith(":"):
+                chain, policy = words[0][1:], words[1]
+                if policy != "-":
+                    table.policies[chain] = policy
+                else:
+                    table.policies.setdefault(chain, "-")
+                    table.rules[chain] = []
+                continue
+            command, chain, rest = words[0], words[1], line.split(" ", 2)[2:]
+            if chain not in table.policies:
+                raise ValueError(f"Chain '{chain}' does not exist")
+            rules = table.rules.setdefault(chain, [])
+            arg = rest[0] if rest else ""
+            if command == "-A":
+                rules.append(arg)
+            elif command == "-I":
+                number, _, rule = arg.partition(" ")
+                if not 1 <= int(number) <= len(rules) + 1:
+                    raise ValueError(f"index of insertion too big: {number}")
+                rules.insert(int(number) - 1, rule)
+            elif command == "-D" and arg.isdigit():
+                if not 1 <= int(arg) <= len(rules):
+                    raise ValueError("Index of deletion too big")
+                del rules[int(arg) - 1]
+            elif command == "-D":
+                if arg not in rules:
+                    raise ValueError("Bad rule (does a matching rule exist in that chain?)")
+                rules.remove(arg)
+            elif command == "-P":
+                table.policies[chain] = arg
+            elif command == "-F":
+                rules.clear()
+            elif command == "-X":
+                if rules or any(jump_target(r) == chain for rs in table.rules.values() for r in rs):
+                    raise ValueError(f"Directory not empty / chain {chain} is in use")
+                del table.rules[chain]
+                del table.policies[chain]
+            else:
+                raise ValueError(f"unknown command {command}")

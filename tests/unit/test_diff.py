@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from pydantic import JsonValue
 
+from ztplan.address import Address
 from ztplan.diff import diff_resources, same_relative_order
 from ztplan.model import Action, Change, Resource
 
-CHAIN = "firewall.ipv4.filter.FORWARD"
+CHAIN = Address("firewall.ipv4.filter.FORWARD")
 SCOPE = f"{CHAIN}.foreign["
 
 
 def rule(text: str, owned: bool = True) -> Resource:
-    address = f"{CHAIN}.foreign[{text!r}]" if not owned else f"{CHAIN}[{text!r}]"
+    address = CHAIN.dot("foreign").item(text) if not owned else CHAIN.item(text)
     return Resource(address, text, owned=owned)
 
 
@@ -149,7 +150,32 @@ def test_adding_a_rule_is_a_create_not_a_reorder() -> None:
     desired = by_address(rule(a), rule(b), rule(c), order([a, b, c]))
     live = by_address(rule(a), rule(c), live_order([a, c]))
     changes, _ = diff_resources("firewall", desired, live)
-    assert [(ch.action, ch.address) for ch in changes] == [(Action.CREATE, rule(b).address)]
+    assert [(ch.action, ch.address, ch.follows) for ch in changes] == [
+        (Action.CREATE, rule(b).address, a)
+    ]
+
+
+def test_a_new_element_follows_the_nearest_live_one_before_it() -> None:
+    # b and c are both new: each is anchored to a (live), not to the other, so a partial
+    # apply of c alone still places it right; apply keeps b before c (desired order).
+    a, b, c, d = "-i a -j ACCEPT", "-i b -j ACCEPT", "-i c -j ACCEPT", "-i d -j ACCEPT"
+    desired = by_address(rule(d), rule(a), rule(b), rule(c), order([d, a, b, c]))
+    live = by_address(rule(a), live_order([a]))
+    changes, _ = diff_resources("firewall", desired, live)
+    assert [(ch.address.key, ch.follows) for ch in changes] == [(d, ""), (b, a), (c, a)]
+
+
+def test_members_may_live_under_another_address() -> None:
+    order_address = Address('ndppd.proxy["eth0"].rules')
+    under = Address('ndppd.proxy["eth0"].rule')
+    desired = {
+        order_address: Resource(order_address, ["x", "y"], relative_order=True, members=under),
+        under.item("x"): Resource(under.item("x"), "static"),
+        under.item("y"): Resource(under.item("y"), "static"),
+    }
+    live = {under.item("x"): Resource(under.item("x"), "static")}
+    changes, _ = diff_resources("ndppd", desired, live)
+    assert [(c.address, c.follows) for c in changes] == [(under.item("y"), "x")]
 
 
 def test_removing_a_rule_is_a_delete_not_a_reorder() -> None:
@@ -185,8 +211,8 @@ def test_a_chain_order_alone_on_the_live_side_is_not_a_change() -> None:
 
 
 def test_changes_come_in_desired_order_then_deletions() -> None:
-    desired = {f"x.{n}": Resource(f"x.{n}", n) for n in ("b", "a")}
-    live = {"x.z": Resource("x.z", "z"), "x.a": Resource("x.a", "old")}
+    desired = {Address(f"x.{n}"): Resource(Address(f"x.{n}"), n) for n in ("b", "a")}
+    live = {Address("x.z"): Resource(Address("x.z"), "z"), Address("x.a"): Resource("x.a", "old")}
     changes, _ = diff_resources("x", desired, live)
     assert [(c.action, c.address) for c in changes] == [
         (Action.CREATE, "x.b"),

@@ -1,301 +1,212 @@
 """ztplan.providers.firewall without a kernel: `iptables-save` text in, resources out; spec
 in (through a canned normaliser), resources out; changes in, the exact
-`iptables-restore --noflush` input out."""
+`iptables-restore --noflush` input out, and a fake kernel that converges on it.
+
+(The real kernel is in tests/integration/test_firewall_ownership_netns.py.)"""
 
 from __future__ import annotations
 
-import copy
 import json
+import os
 from collections.abc import Mapping, Sequence
 
 import pytest
 
-from tests.unit.fake_host import FIXTURES, ReplayHost, saved_dumps
+from tests.unit.fake_host import FIXTURES, FakeKernel, ReplayHost, saved_dumps
+from ztplan.address import Address
 from ztplan.diff import diff_resources
 from ztplan.errors import LiveReadError, SpecError
 from ztplan.host import CommandResult
-from ztplan.model import Action, Change, Resource
-from ztplan.providers.firewall import (
-    TAG_ARGS,
-    Firewall,
-    Table,
-    _edit_chain,
-    _longest_increasing,
-    parse_save,
-    rule_address,
-    untag,
-)
-from ztplan.spec import TABLES, Spec, parse_spec
+from ztplan.iptables import TABLES, jump_rule
+from ztplan.model import Action, Change, Resource, Snapshot
+from ztplan.order import order_changes
+from ztplan.plan import restrict
+from ztplan.providers.firewall import Firewall, Layout
+from ztplan.spec import Spec, parse_spec
 
 CASES = sorted(p.name for p in (FIXTURES / "firewall").iterdir() if p.is_dir())
-T = TAG_ARGS
-
 
 # --- fakes ------------------------------------------------------------------------------
 
 
-def tagged(rule: str) -> str:
-    """How iptables-save prints a rule ztplan wrote: the comment match before the target."""
-    head, sep, target = rule.partition(" -j ")
-    return f"{head} {T}{sep}{target}" if sep else f"{T} {rule}"
-
-
 class CannedNormaliser:
-    """The kernel's spelling of each spec rule, from a table (no scratch namespace)."""
+    """The kernel's spelling of each spec rule, from a table (no scratch namespace);
+    `external` names the chains a rule jumps to that the spec does not declare."""
 
-    def __init__(self, spellings: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, spellings: Mapping[str, str] | None = None, external: Mapping[str, str] | None = None
+    ) -> None:
         self.spellings = dict(spellings or {})
-        self.calls: list[tuple[str, list[tuple[object, ...]], dict[str, set[str]]]] = []
+        self.external = dict(external or {})
+        self.calls: list[tuple[str, list[str]]] = []
 
     def __call__(
         self,
         family: str,
         rules: Sequence[tuple[str, str, str, str, tuple[str | int, ...]]],
         chains: Mapping[str, set[str]],
-    ) -> list[str]:
-        self.calls.append(
-            (family, [tuple(r) for r in rules], {k: set(v) for k, v in chains.items()})
-        )
-        # The normaliser's answer is untagged (the spellings here are written as saved).
-        return [untag(self.spellings.get(rule[3], tagged(rule[3]))) for rule in rules]
+    ) -> list[tuple[str, tuple[str, ...]]]:
+        self.calls.append((family, [r[3] for r in rules]))
+        out = []
+        for rule in rules:
+            text = self.spellings.get(rule[3], rule[3])
+            out.append((text, (self.external[rule[3]],) if rule[3] in self.external else ()))
+        return out
 
 
-class FakeKernel(ReplayHost):
-    """A tiny iptables for convergence checks: `*-save` prints the state; `*-restore` edits
-    it as the kernel does (-A, -I N, -D N, -D by spec removes the first identical rule, -P, :CHAIN
-    creates a user chain or flushes an existing one; without --noflush each table in the
-    input is emptied first). A failing line leaves the family unchanged (one transaction)."""
-
-    def __init__(self, dumps: Mapping[str, str]) -> None:
-        super().__init__()
-        self.tables = {family: parse_save(text) for family, text in dumps.items()}
-
-    def run(self, argv: Sequence[str], input: str | None = None) -> CommandResult:
-        key = tuple(argv)
-        self.calls.append((key, input))
-        family = "ipv6" if argv[0].startswith("ip6") else "ipv4"
-        if argv[0].endswith("-save"):
-            return CommandResult(key, 0, self.save(family), "")
-        tables = copy.deepcopy(self.tables[family])
-        try:
-            self._restore(tables, input or "", noflush="--noflush" in argv)
-        except ValueError as error:
-            return CommandResult(key, 1, "", f"{argv[0]}: {error}\n")
-        self.tables[family] = tables
-        return CommandResult(key, 0, "", "")
-
-    def save(self, family: str) -> str:
-        out: list[str] = []  # a kernel without tables prints nothing at all
-        for name, table in self.tables[family].items():
-            out.append(f"*{name}")
-            out += [f":{chain} {policy} [0:0]" for chain, policy in table.policies.items()]
-            out += [f"-A {chain} {rule}" for chain, rules in table.rules.items() for rule in rules]
-            out.append("COMMIT")
-        return "".join(f"{line}\n" for line in out)
-
-    @staticmethod
-    def _restore(tables: dict[str, Table], text: str, noflush: bool) -> None:
-        table: Table | None = None
-        for line in text.splitlines():
-            words = line.split()
-            if not words or line.startswith("#") or line == "COMMIT":
-                continue
-            if line.startswith("*"):
-                name = line[1:]
-                if not noflush or name not in tables:
-                    builtins = TABLES[name]
-                    tables[name] = Table(
-                        policies=dict.fromkeys(builtins, "ACCEPT"), rules={c: [] for c in builtins}
-                    )
-                table = tables[name]
-                continue
-            assert table is not None, f"a line before any table: {line}"
-            if line.startswith(":"):
-                chain, policy = words[0][1:], words[1]
-                if policy != "-":
-                    table.policies[chain] = policy
-                else:
-                    table.policies.setdefault(chain, "-")
-                    table.rules[chain] = []
-                continue
-            command, chain, rest = words[0], words[1], words[2:]
-            if chain not in table.policies:
-                raise ValueError(f"Chain '{chain}' does not exist")
-            rules = table.rules.setdefault(chain, [])
-            if command == "-A":
-                rules.append(" ".join(rest))
-            elif command == "-I":
-                number = int(rest[0])
-                if not 1 <= number <= len(rules) + 1:
-                    raise ValueError(f"index of insertion too big: {number}")
-                rules.insert(number - 1, " ".join(rest[1:]))
-            elif command == "-D" and len(rest) == 1 and rest[0].isdigit():
-                number = int(rest[0])
-                if not 1 <= number <= len(rules):
-                    raise ValueError("Index of deletion too big")
-                del rules[number - 1]
-            elif command == "-D":
-                rule = " ".join(rest)
-                if rule not in rules:
-                    raise ValueError("Bad rule (does a matching rule exist in that chain?)")
-                rules.remove(rule)
-            elif command == "-P":
-                table.policies[chain] = rest[0]
-            else:
-                raise ValueError(f"unknown command {command}")
+def spec_of(firewall_yaml: str, name: str = "gw1") -> Spec:
+    return parse_spec(
+        f"version: 1\ntarget: {{name: {name}}}\nfirewall:\n" + firewall_yaml, "gw.yaml"
+    )
 
 
-def spec_of(firewall_yaml: str) -> Spec:
-    return parse_spec("version: 1\ntarget: {name: gw1}\nfirewall:\n" + firewall_yaml, "gw.yaml")
+def firewall_for(spec: Spec, normalise: CannedNormaliser | None = None) -> Firewall:
+    return Firewall(Layout.of(spec), normalise=normalise or CannedNormaliser(), file="gw.yaml")
 
 
-def plan_firewall(
-    firewall: Firewall, spec: Spec, host: ReplayHost | FakeKernel
-) -> tuple[list[Change], list[str], dict[str, Resource]]:
+def plan_on(spec: Spec, host: ReplayHost) -> tuple[Firewall, list[Change], list[str], Snapshot]:
+    firewall = firewall_for(spec)
     desired = firewall.desired(spec)
-    changes, unmanaged = diff_resources("firewall", desired, firewall.read(host).resources)
-    return changes, unmanaged, desired
+    before = firewall.read(host)
+    changes, unmanaged = diff_resources("firewall", desired, before.resources)
+    return firewall, order_changes(changes), unmanaged, before
+
+
+def converge(spec: Spec, kernel: FakeKernel) -> tuple[Firewall, list[Change]]:
+    """Plan and apply once; assert the second plan is empty."""
+    firewall, changes, _, before = plan_on(spec, kernel)
+    if changes:
+        firewall.apply(kernel, changes, before)
+    _, again, _, _ = plan_on(spec, kernel)
+    assert again == [], [c.address for c in again]
+    return firewall, changes
 
 
 def dump(*lines: str, table: str = "filter") -> str:
-    """A one-table iptables-save dump; `lines` are the `:CHAIN` and `-A` lines."""
-    return f"*{table}\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n"
+    builtins = "".join(f":{c} ACCEPT [0:0]\n" for c in TABLES[table])
+    return f"*{table}\n{builtins}" + "".join(f"{line}\n" for line in lines) + "COMMIT\n"
 
 
-FILTER = (":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]")
-
-
-# --- parse_save -------------------------------------------------------------------------
-
-
-def test_parse_save_of_a_docker_host() -> None:
-    tables = parse_save((FIXTURES / "firewall/docker_host/iptables-save.txt").read_text())
-    assert list(tables) == ["raw", "filter", "nat"]
-    assert tables["raw"] == Table(
-        policies={"PREROUTING": "ACCEPT", "OUTPUT": "ACCEPT"},
-        rules={"PREROUTING": [], "OUTPUT": []},
-    )
-    assert tables["filter"].policies == {
-        "INPUT": "ACCEPT",
-        "FORWARD": "DROP",
-        "OUTPUT": "ACCEPT",
-        "DOCKER": "-",
-        "DOCKER-ISOLATION-STAGE-1": "-",
-        "DOCKER-ISOLATION-STAGE-2": "-",
-        "DOCKER-USER": "-",
-    }
-    assert tables["filter"].rules["FORWARD"] == [
-        "-j DOCKER-USER",
-        "-j DOCKER-ISOLATION-STAGE-1",
-        "-o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        "-o docker0 -j DOCKER",
-        "-i docker0 ! -o docker0 -j ACCEPT",
-        "-i docker0 -o docker0 -j ACCEPT",
-        f"-s 10.6.4.0/22 -i zt+ {T} -j ACCEPT",
-    ]
-    assert tables["filter"].rules["INPUT"] == []
-    assert tables["nat"].rules["POSTROUTING"] == [
-        "-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
-        f"-s 10.6.4.0/22 -d 10.6.4.0/22 {T} -j RETURN",
-        "-s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE",
-    ]
-    assert tables["nat"].rules["DOCKER"] == [
-        "-i docker0 -j RETURN",
-        "! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80",
-    ]
-
-
-def test_parse_save_drops_comments_counters_and_lines_outside_tables() -> None:
-    text = (
-        "-A FORWARD -j STRAY\n"
-        "# Generated by iptables-save v1.8.7 on Mon Jan  1 00:00:00 2024\n"
-        "*mangle\n"
-        ":PREROUTING ACCEPT [123:4567]\n"
-        ":MY-MARKS - [0:0]\n"
-        "\n"
-        "-A PREROUTING -j MY-MARKS\n"
-        '-A MY-MARKS -m comment --comment "mark it" -j MARK --set-xmark 0x1/0xffffffff\n'
-        "COMMIT\n"
-        "# Completed on Mon Jan  1 00:00:00 2024\n"
-    )
-    assert parse_save(text) == {
-        "mangle": Table(
-            policies={"PREROUTING": "ACCEPT", "MY-MARKS": "-"},
-            rules={
-                "PREROUTING": ["-j MY-MARKS"],
-                "MY-MARKS": ['-m comment --comment "mark it" -j MARK --set-xmark 0x1/0xffffffff'],
-            },
-        )
-    }
-
-
-def test_parse_save_of_nothing() -> None:
-    assert parse_save("") == {}
-
+GATEWAY = """\
+  ipv4:
+    nat:
+      POSTROUTING:
+        - "-s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN"
+        - "-s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7"
+    filter:
+      policy: {FORWARD: DROP}
+      FORWARD:
+        - "-s 10.6.4.0/22 -i zt+ -j ACCEPT"
+        - "-d 10.6.4.0/22 -i eth0 -m state --state RELATED,ESTABLISHED -j ACCEPT"
+  ipv6:
+    filter:
+      policy: {FORWARD: DROP}
+      FORWARD: ["-s 2001:db8:6::/64 -i zt+ -j ACCEPT"]
+"""
+ZT_OUT = "-s 10.6.4.0/22 -i zt+ -j ACCEPT"
+BACK = "-d 10.6.4.0/22 -i eth0 -m state --state RELATED,ESTABLISHED -j ACCEPT"
+J_FORWARD = jump_rule("gw1", "FORWARD")
 
 # --- read -------------------------------------------------------------------------------
+
+
+def recorded(case: str) -> dict[str, object]:
+    return json.loads((FIXTURES / "firewall" / case / "resources.json").read_text())
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_read_gives_the_recorded_resources(case: str) -> None:
     host = ReplayHost(saved_dumps(case))
-    snapshot = Firewall(normalise=CannedNormaliser()).read(host)
-    expected = json.loads((FIXTURES / "firewall" / case / "resources.json").read_text())
-    assert {
+    snapshot = firewall_for(spec_of(GATEWAY)).read(host)
+    got = {
         address: {"value": r.value, "owned": r.owned, "relative_order": r.relative_order}
         for address, r in snapshot.resources.items()
-    } == expected
-    assert all(r.address == a for a, r in snapshot.resources.items())
-    assert host.commands() == [("iptables-save",), ("ip6tables-save",)]
-    assert snapshot.raw == {
-        "ipv4": host.outputs[("iptables-save",)],
-        "ipv6": host.outputs[("ip6tables-save",)],
+        if ".policy." not in address or r.value != "ACCEPT"
     }
+    path = FIXTURES / "firewall" / case / "resources.json"
+    if os.environ.get("ZTPLAN_UPDATE_GOLDEN"):
+        path.write_text(json.dumps(got, indent=2) + "\n")
+    assert got == recorded(case)
+    assert host.commands() == [("iptables-save",), ("ip6tables-save",)]
 
 
-def test_read_of_a_docker_host_owns_only_the_tagged_rules() -> None:
-    snapshot = Firewall(normalise=CannedNormaliser()).read(ReplayHost(saved_dumps("docker_host")))
+def test_only_the_targets_own_chains_are_owned() -> None:
+    snapshot = firewall_for(spec_of(GATEWAY)).read(
+        ReplayHost(saved_dumps("docker_host_own_chains"))
+    )
     owned = sorted(a for a, r in snapshot.resources.items() if r.owned)
     assert owned == [
-        'firewall.ipv4.filter.FORWARD["-s 10.6.4.0/22 -i zt+ -j ACCEPT"]',
+        "firewall.ipv4.filter.FORWARD.chain",
+        "firewall.ipv4.filter.FORWARD.jump",
+        f'firewall.ipv4.filter.FORWARD["{ZT_OUT}"]',
+        "firewall.ipv4.nat.POSTROUTING.chain",
+        "firewall.ipv4.nat.POSTROUTING.jump",
         'firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN"]',
-        'firewall.ipv6.filter.FORWARD["-s 2001:19f0:6001:1a6::/64 -i zt+ -j ACCEPT"]',
+        "firewall.ipv6.filter.FORWARD.chain",
+        "firewall.ipv6.filter.FORWARD.jump",
+        'firewall.ipv6.filter.FORWARD["-s 2001:db8:6::/64 -i zt+ -j ACCEPT"]',
     ]
-    assert snapshot.resources["firewall.ipv4.filter.FORWARD"] == Resource(
-        "firewall.ipv4.filter.FORWARD",
-        ["-s 10.6.4.0/22 -i zt+ -j ACCEPT"],
-        owned=False,
-        relative_order=True,
-    )
-    # A foreign rule that carries a comment of its own is not mistaken for an owned one.
-    fail2ban = "-s 2001:db8::1/128 -m comment --comment fail2ban-like -j DROP"
-    assert (
-        snapshot.resources[rule_address("ipv6", "filter", "FORWARD", fail2ban, True)].owned is False
-    )
+    # Another target's jump and chain are neither owned nor foreign rules to report.
+    assert not any("ZT-member" in a for a in snapshot.resources)
 
 
-def test_tables_absent_from_the_dump_have_accept_policies_and_nothing_else() -> None:
-    snapshot = Firewall(normalise=CannedNormaliser()).read(
-        ReplayHost(saved_dumps("fresh_nft_host"))
+def test_the_jump_is_sound_behind_dockers_and_other_targets_only() -> None:
+    snapshot = firewall_for(spec_of(GATEWAY)).read(
+        ReplayHost(saved_dumps("docker_host_own_chains"))
     )
-    assert snapshot.resources == {
-        f"firewall.{family}.{table}.policy.{chain}": Resource(
-            f"firewall.{family}.{table}.policy.{chain}", "ACCEPT", owned=False
-        )
-        for family in ("ipv4", "ipv6")
-        for table, chains in TABLES.items()
-        for chain in chains
+    jumps = {a: r.value for a, r in snapshot.resources.items() if a.endswith(".jump")}
+    assert jumps == {
+        "firewall.ipv4.filter.FORWARD.jump": "first",
+        # Docker's MASQUERADE of its own subnet stands ahead of it: foreign, so not sound.
+        "firewall.ipv4.nat.POSTROUTING.jump": "behind: -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+        "firewall.ipv6.filter.FORWARD.jump": "first",
     }
 
 
-def test_reading_twice_gives_the_same_digest_and_a_change_moves_it() -> None:
-    firewall = Firewall(normalise=CannedNormaliser())
-    dumps = saved_dumps("docker_host")
-    first = firewall.read(ReplayHost(dumps))
-    assert firewall.read(ReplayHost(dumps)).digest == first.digest
-    text = (FIXTURES / "firewall/docker_host/iptables-save.txt").read_text()
-    dumps[("iptables-save",)] = text.replace(":FORWARD DROP", ":FORWARD ACCEPT")
-    assert firewall.read(ReplayHost(dumps)).digest != first.digest
+@pytest.mark.parametrize(
+    ("ahead", "value"),
+    [
+        (["-j DOCKER-USER", "-j DOCKER-FORWARD"], "first"),
+        (["-p tcp -m multiport --dports 22 -j f2b-sshd"], "first"),
+        (["-j ts-forward"], "first"),
+        ([jump_rule("other", "FORWARD")], "first"),
+        (["-j ufw-before-forward"], "behind: -j ufw-before-forward"),
+        (["-s 1.2.3.4/32 -j DROP"], "behind: -s 1.2.3.4/32 -j DROP"),
+    ],
+)
+def test_what_may_stand_ahead_of_the_jump(ahead: list[str], value: str) -> None:
+    chains = [f":{c} - [0:0]" for c in ("DOCKER-USER", "DOCKER-FORWARD", "f2b-sshd", "ts-forward")]
+    lines = [*chains, ":ZT-gw1.FORWARD - [0:0]", *(f"-A FORWARD {r}" for r in ahead)]
+    lines.append(f"-A FORWARD {J_FORWARD}")
+    host = ReplayHost({("iptables-save",): dump(*lines), ("ip6tables-save",): ""})
+    snapshot = firewall_for(spec_of(GATEWAY)).read(host)
+    assert snapshot.resources[Address("firewall.ipv4.filter.FORWARD.jump")].value == value
+
+
+def test_a_foreign_comment_that_contains_the_tag_is_not_ztplans() -> None:
+    lines = [
+        '-A FORWARD -s 192.0.2.9/32 -m comment --comment "ztplan is nice" -j DROP',
+        "-A INPUT -m comment --comment ztplan2 -j DROP",
+    ]
+    host = ReplayHost({("iptables-save",): dump(*lines), ("ip6tables-save",): ""})
+    snapshot = firewall_for(spec_of(GATEWAY)).read(host)
+    assert [a for a, r in snapshot.resources.items() if r.owned] == []
+
+
+def test_foreign_rules_do_not_move_the_digest_unless_purged() -> None:
+    base = saved_dumps("docker_host_own_chains")
+    banned = dict(base)
+    banned[("iptables-save",)] = str(base[("iptables-save",)]).replace(
+        "-A FORWARD -j DOCKER-USER\n",
+        "-A FORWARD -j DOCKER-USER\n-A FORWARD -s 203.0.113.5/32 -j DROP\n",
+    )
+    plain = firewall_for(spec_of(GATEWAY))
+    assert plain.read(ReplayHost(base)).digest == plain.read(ReplayHost(banned)).digest
+    exclusive = spec_of(
+        "  ipv4:\n    filter:\n      FORWARD: {exclusive: true, rules: ['-j ACCEPT']}\n"
+    )
+    purging = firewall_for(exclusive)
+    assert purging.read(ReplayHost(base)).digest != purging.read(ReplayHost(banned)).digest
 
 
 def test_a_failing_save_is_a_live_read_error() -> None:
@@ -305,626 +216,315 @@ def test_a_failing_save_is_a_live_read_error() -> None:
     )
     host = ReplayHost({("iptables-save",): CommandResult(("iptables-save",), 4, "", stderr)})
     with pytest.raises(LiveReadError) as caught:
-        Firewall(normalise=CannedNormaliser()).read(host)
-    message = str(caught.value)
-    assert message.startswith("firewall: iptables-save failed: ")
-    assert message.endswith("Permission denied (you must be root)")
-    assert caught.value.provider == "firewall"
+        firewall_for(spec_of(GATEWAY)).read(host)
+    assert str(caught.value) == (
+        "firewall: iptables-save failed: Could not fetch rule set generation id: "
+        "Permission denied (you must be root)"
+    )
 
 
 # --- desired ----------------------------------------------------------------------------
 
-GATEWAY = """\
-  ipv4:
-    nat:
-      POSTROUTING:
-        - "-s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN"
-        - "-s 10.6.4.0/22 -j SNAT --to-source 45.32.69.220"
-    filter:
-      policy: {FORWARD: DROP}
-      FORWARD: ["-i zt+ -s 10.6.4.0/22 -j ACCEPT", "-j ZT-IN"]
-      ZT-IN: {exclusive: true, rules: ["-p icmp -j ACCEPT"]}
-  ipv6:
-    filter:
-      FORWARD: ["-i zt+ -s 2001:19f0:6001:1a6::/64 -j ACCEPT"]
-"""
-KERNEL = {
-    "-i zt+ -s 10.6.4.0/22 -j ACCEPT": f"-s 10.6.4.0/22 -i zt+ {T} -j ACCEPT",
-    "-p icmp -j ACCEPT": f"-p icmp {T} -j ACCEPT",
-    "-i zt+ -s 2001:19f0:6001:1a6::/64 -j ACCEPT": (
-        f"-s 2001:19f0:6001:1a6::/64 -i zt+ {T} -j ACCEPT"
-    ),
-}
 
-
-def test_desired_resources_use_the_kernel_spelling() -> None:
-    resources = Firewall(normalise=CannedNormaliser(KERNEL)).desired(spec_of(GATEWAY))
-
-    def rule(family: str, table: str, chain: str, text: str) -> tuple[str, Resource]:
-        address = rule_address(family, table, chain, text)
-        return address, Resource(address, text)
-
-    def chain(
-        family: str, table: str, name: str, rules: list[str], purge: bool = False
-    ) -> tuple[str, Resource]:
-        address = f"firewall.{family}.{table}.{name}"
-        scope = f"{address}.foreign["
-        return address, Resource(
-            address, list(rules), relative_order=True, scope=scope, purge=purge
-        )
-
-    snat = "-s 10.6.4.0/22 -j SNAT --to-source 45.32.69.220"
-    ret = "-s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN"
-    zt = "-s 10.6.4.0/22 -i zt+ -j ACCEPT"
-    zt6 = "-s 2001:19f0:6001:1a6::/64 -i zt+ -j ACCEPT"
-    assert resources == dict(
-        [
-            (
-                "firewall.ipv4.filter.policy.FORWARD",
-                Resource("firewall.ipv4.filter.policy.FORWARD", "DROP"),
-            ),
-            rule("ipv4", "filter", "FORWARD", zt),
-            rule("ipv4", "filter", "FORWARD", "-j ZT-IN"),
-            rule("ipv4", "filter", "ZT-IN", "-p icmp -j ACCEPT"),
-            rule("ipv4", "nat", "POSTROUTING", ret),
-            rule("ipv4", "nat", "POSTROUTING", snat),
-            chain("ipv4", "filter", "FORWARD", [zt, "-j ZT-IN"]),
-            chain("ipv4", "filter", "ZT-IN", ["-p icmp -j ACCEPT"], purge=True),
-            chain("ipv4", "nat", "POSTROUTING", [ret, snat]),
-            rule("ipv6", "filter", "FORWARD", zt6),
-            chain("ipv6", "filter", "FORWARD", [zt6]),
-        ]
-    )
-
-
-def test_desired_hands_the_normaliser_each_family_once_with_spec_paths() -> None:
-    normaliser = CannedNormaliser(KERNEL)
-    Firewall(normalise=normaliser).desired(spec_of(GATEWAY))
-    assert normaliser.calls == [
-        (
-            "ipv4",
-            [
-                (
-                    "ipv4",
-                    "filter",
-                    "FORWARD",
-                    "-i zt+ -s 10.6.4.0/22 -j ACCEPT",
-                    ("firewall", "ipv4", "filter", "FORWARD", 0),
-                ),
-                (
-                    "ipv4",
-                    "filter",
-                    "FORWARD",
-                    "-j ZT-IN",
-                    ("firewall", "ipv4", "filter", "FORWARD", 1),
-                ),
-                (
-                    "ipv4",
-                    "filter",
-                    "ZT-IN",
-                    "-p icmp -j ACCEPT",
-                    ("firewall", "ipv4", "filter", "ZT-IN", 0),
-                ),
-                (
-                    "ipv4",
-                    "nat",
-                    "POSTROUTING",
-                    "-s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN",
-                    ("firewall", "ipv4", "nat", "POSTROUTING", 0),
-                ),
-                (
-                    "ipv4",
-                    "nat",
-                    "POSTROUTING",
-                    "-s 10.6.4.0/22 -j SNAT --to-source 45.32.69.220",
-                    ("firewall", "ipv4", "nat", "POSTROUTING", 1),
-                ),
-            ],
-            {"filter": {"FORWARD", "ZT-IN"}, "nat": {"POSTROUTING"}},
-        ),
-        (
-            "ipv6",
-            [
-                (
-                    "ipv6",
-                    "filter",
-                    "FORWARD",
-                    "-i zt+ -s 2001:19f0:6001:1a6::/64 -j ACCEPT",
-                    ("firewall", "ipv6", "filter", "FORWARD", 0),
-                ),
-            ],
-            {"filter": {"FORWARD"}},
-        ),
+def test_desired_is_the_own_chain_its_jump_then_its_rules() -> None:
+    spec = spec_of(GATEWAY)
+    normaliser = CannedNormaliser()
+    desired = firewall_for(spec, normaliser).desired(spec)
+    forward = [a for a in desired if a.startswith("firewall.ipv4.filter.FORWARD")]
+    assert forward == [
+        "firewall.ipv4.filter.FORWARD.chain",
+        "firewall.ipv4.filter.FORWARD.jump",
+        f'firewall.ipv4.filter.FORWARD["{ZT_OUT}"]',
+        f'firewall.ipv4.filter.FORWARD["{BACK}"]',
+        "firewall.ipv4.filter.FORWARD",
     ]
+    assert desired[Address("firewall.ipv4.filter.FORWARD.chain")].value == "ZT-gw1.FORWARD"
+    assert desired[Address("firewall.ipv4.filter.FORWARD")].value == [ZT_OUT, BACK]
+    assert [family for family, _ in normaliser.calls] == ["ipv4", "ipv6"]
 
 
-def test_two_spellings_of_one_rule_are_one_error_naming_the_second() -> None:
+def test_a_user_chain_is_the_targets_own_and_has_no_jump_of_its_own() -> None:
+    spec = spec_of(
+        "  ipv4:\n    filter:\n      INPUT: ['-i zt+ -j ZT-IN']\n"
+        "      ZT-IN: ['-p icmp -j ACCEPT']\n"
+    )
+    desired = firewall_for(spec).desired(spec)
+    assert desired[Address("firewall.ipv4.filter.ZT-IN.chain")].value == "ZT-gw1.ZT-IN"
+    assert Address("firewall.ipv4.filter.ZT-IN.jump") not in desired
+    assert Address("firewall.ipv4.filter.INPUT.jump") in desired
+
+
+def test_a_rule_carrying_ztplans_comment_is_refused_naming_its_line() -> None:
     spec = spec_of(
         "  ipv4:\n    filter:\n      FORWARD:\n"
-        "        - -i zt+ -s 10.6.4.0/22 -j ACCEPT\n"
-        "        - -s 10.6.4.0/22 -i zt+ -j ACCEPT\n"
+        "        - '-m comment --comment ztplan:x -j ACCEPT'\n"
     )
     normaliser = CannedNormaliser(
-        {
-            "-i zt+ -s 10.6.4.0/22 -j ACCEPT": f"-s 10.6.4.0/22 -i zt+ {T} -j ACCEPT",
-            "-s 10.6.4.0/22 -i zt+ -j ACCEPT": f"-s 10.6.4.0/22 -i zt+ {T} -j ACCEPT",
-        }
+        {"-m comment --comment ztplan:x -j ACCEPT": '-m comment --comment "ztplan:x" -j ACCEPT'}
     )
     with pytest.raises(SpecError) as caught:
-        Firewall(normalise=normaliser, file="gw.yaml").desired(spec)
+        firewall_for(spec, normaliser).desired(spec)
     assert str(caught.value) == (
-        "gw.yaml:8: firewall.ipv4.filter.FORWARD[1]: the same rule as another in this chain "
-        "once normalised: -s 10.6.4.0/22 -i zt+ -j ACCEPT"
+        "gw.yaml:7: firewall.ipv4.filter.FORWARD[0]: a rule without a `ztplan` comment: "
+        "ztplan uses that comment to mark what it owns"
     )
 
 
-def test_a_spec_without_a_firewall_wants_nothing() -> None:
-    """...and is still read: rules ztplan wrote earlier are deleted, as for a dropped family."""
-    spec = parse_spec("version: 1\ntarget: {name: gw1}\n", "gw.yaml")
-    normaliser = CannedNormaliser()
-    firewall = Firewall(normalise=normaliser)
-    assert firewall.manages(spec) is True
-    assert firewall.desired(spec) == {}
-    assert normaliser.calls == []
+def test_a_jump_to_a_chain_nowhere_is_a_plan_error_naming_the_line() -> None:
+    spec = spec_of("  ipv4:\n    filter:\n      FORWARD: ['-j NOSUCHCHAIN', '-j DOCKER-USER']\n")
+    firewall = firewall_for(
+        spec,
+        CannedNormaliser(
+            external={"-j NOSUCHCHAIN": "NOSUCHCHAIN", "-j DOCKER-USER": "DOCKER-USER"}
+        ),
+    )
+    firewall.desired(spec)
+    host = ReplayHost({("iptables-save",): dump(":DOCKER-USER - [0:0]"), ("ip6tables-save",): ""})
+    findings = firewall.check(spec, firewall.read(host))
+    assert [(f.severity, f.address, f.message) for f in findings] == [
+        (
+            "error",
+            "firewall.ipv4.filter.FORWARD[0]",
+            "gw.yaml:6: jumps to NOSUCHCHAIN, which is no target and no chain of the spec or "
+            "of the live ipv4 filter table",
+        )
+    ]
 
 
 # --- apply: the exact restore input -----------------------------------------------------
 
 
-def restore(text: str, family: str = "ipv4") -> tuple[tuple[str, ...], str]:
-    tool = "iptables-restore" if family == "ipv4" else "ip6tables-restore"
-    return (tool, "--noflush"), text
-
-
-SAVE4 = (("iptables-save",), None)
-SAVE6 = (("ip6tables-save",), None)
-
-APPLY_CASES = {
-    "new_rule_in_an_empty_chain": (
-        "  ipv4:\n    filter:\n      FORWARD: ['-i zt+ -j ACCEPT']\n",
-        dump(*FILTER),
-        "",
-        [SAVE4, restore(f"*filter\n-A FORWARD {T} -i zt+ -j ACCEPT\nCOMMIT\n")],
-    ),
-    "new_rule_in_a_table_absent_from_the_dump": (
-        "  ipv4:\n    nat:\n      POSTROUTING: ['-s 10.6.4.0/22 -j MASQUERADE']\n",
-        "",
-        "",
-        [SAVE4, restore(f"*nat\n-A POSTROUTING {T} -s 10.6.4.0/22 -j MASQUERADE\nCOMMIT\n")],
-    ),
-    "new_rule_between_two_owned_rules": (
-        "  ipv4:\n    filter:\n"
-        "      FORWARD: ['-i a -j ACCEPT', '-i b -j ACCEPT', '-i c -j ACCEPT']\n",
-        dump(
-            *FILTER,
-            "-A FORWARD -j DOCKER-USER",
-            f"-A FORWARD -i a {T} -j ACCEPT",
-            f"-A FORWARD -i c {T} -j ACCEPT",
-        ),
-        "",
-        [SAVE4, restore(f"*filter\n-I FORWARD 3 {T} -i b -j ACCEPT\nCOMMIT\n")],
-    ),
-    "new_first_rule_goes_before_the_owned_ones": (
-        "  ipv4:\n    filter:\n      FORWARD: ['-i a -j ACCEPT', '-i b -j ACCEPT']\n",
-        dump(*FILTER, "-A FORWARD -j DOCKER-USER", f"-A FORWARD -i b {T} -j ACCEPT"),
-        "",
-        [SAVE4, restore(f"*filter\n-I FORWARD 2 {T} -i a -j ACCEPT\nCOMMIT\n")],
-    ),
-    "rule_removed": (
-        "  ipv4:\n    filter:\n      FORWARD: ['-i a -j ACCEPT']\n",
-        dump(
-            *FILTER,
-            f"-A FORWARD -i a {T} -j ACCEPT",
-            "-A FORWARD -j DOCKER-USER",
-            f"-A FORWARD -i b {T} -j ACCEPT",
-        ),
-        "",
-        [SAVE4, restore("*filter\n-D FORWARD 3\nCOMMIT\n")],
-    ),
-    "reorder_moves_only_the_moved_rule": (
-        "  ipv4:\n    filter:\n"
-        "      FORWARD: ['-i d -j ACCEPT', '-i a -j ACCEPT', '-i b -j ACCEPT', '-i c -j ACCEPT']\n",
-        dump(*FILTER, *(f"-A FORWARD -i {x} {T} -j ACCEPT" for x in "abcd")),
-        "",
-        [
-            SAVE4,
-            restore(f"*filter\n-D FORWARD 4\n-I FORWARD 1 {T} -i d -j ACCEPT\nCOMMIT\n"),
-        ],
-    ),
-    "swap_of_two_rules": (
-        "  ipv4:\n    filter:\n      FORWARD: ['-i b -j ACCEPT', '-i a -j ACCEPT']\n",
-        dump(*FILTER, f"-A FORWARD -i a {T} -j ACCEPT", f"-A FORWARD -i b {T} -j ACCEPT"),
-        "",
-        [
-            SAVE4,
-            restore(f"*filter\n-D FORWARD 1\n-A FORWARD {T} -i a -j ACCEPT\nCOMMIT\n"),
-        ],
-    ),
-    "foreign_rule_kept_in_place_owned_rules_after_it": (
-        "  ipv4:\n    filter:\n      FORWARD: ['-i a -j ACCEPT', '-i b -j ACCEPT']\n",
-        dump(*FILTER, "-A FORWARD -j DOCKER-USER"),
-        "",
-        [
-            SAVE4,
-            restore(
-                f"*filter\n-A FORWARD {T} -i a -j ACCEPT\n-A FORWARD {T} -i b -j ACCEPT\nCOMMIT\n"
-            ),
-        ],
-    ),
-    "new_owned_rule_stays_before_a_later_foreign_rule": (
-        "  ipv4:\n    filter:\n      FORWARD: ['-i a -j ACCEPT', '-i b -j ACCEPT']\n",
-        dump(
-            *FILTER,
-            ":X - [0:0]",
-            ":Y - [0:0]",
-            "-A FORWARD -j X",
-            f"-A FORWARD -i a {T} -j ACCEPT",
-            "-A FORWARD -j Y",
-        ),
-        "",
-        [SAVE4, restore(f"*filter\n-I FORWARD 3 {T} -i b -j ACCEPT\nCOMMIT\n")],
-    ),
-    "exclusive_chain_purges_foreign_rules": (
-        "  ipv4:\n    filter:\n      ZT-IN: {exclusive: true, rules: ['-i a -j ACCEPT']}\n",
-        dump(
-            *FILTER,
-            ":ZT-IN - [0:0]",
-            "-A ZT-IN -s 192.0.2.1/32 -j DROP",
-            f"-A ZT-IN -i a {T} -j ACCEPT",
-            "-A ZT-IN -j RETURN",
-        ),
-        "",
-        [SAVE4, restore("*filter\n-D ZT-IN 3\n-D ZT-IN 1\nCOMMIT\n")],
-    ),
-    "new_user_chain_is_declared_once_before_its_rules": (
-        "  ipv4:\n    filter:\n"
-        "      FORWARD: ['-j ZT-IN']\n      ZT-IN: {exclusive: true, rules: ['-i a -j ACCEPT']}\n",
-        dump(*FILTER),
-        "",
-        [
-            SAVE4,
-            restore(
-                f"*filter\n:ZT-IN - [0:0]\n-A FORWARD {T} -j ZT-IN\n"
-                f"-A ZT-IN {T} -i a -j ACCEPT\nCOMMIT\n"
-            ),
-        ],
-    ),
-    "existing_user_chain_is_not_redeclared": (
-        "  ipv4:\n    filter:\n      DOCKER-USER: ['-i zt+ -j RETURN']\n",
-        dump(*FILTER, ":DOCKER-USER - [0:0]", "-A DOCKER-USER -j RETURN"),
-        "",
-        [SAVE4, restore(f"*filter\n-A DOCKER-USER {T} -i zt+ -j RETURN\nCOMMIT\n")],
-    ),
-    "policy_change": (
-        "  ipv4:\n    filter:\n      policy: {FORWARD: DROP}\n",
-        dump(*FILTER),
-        "",
-        [SAVE4, restore("*filter\n-P FORWARD DROP\nCOMMIT\n")],
-    ),
-    "only_the_family_with_changes_is_restored": (
-        "  ipv4:\n    filter:\n      FORWARD: ['-i a -j ACCEPT']\n"
-        "  ipv6:\n    filter:\n      policy: {FORWARD: DROP}\n      FORWARD: ['-i a -j ACCEPT']\n",
-        dump(*FILTER, f"-A FORWARD -i a {T} -j ACCEPT"),
-        dump(*FILTER, f"-A FORWARD -i a {T} -j ACCEPT"),
-        [SAVE6, restore("*filter\n-P FORWARD DROP\nCOMMIT\n", "ipv6")],
-    ),
-    "both_families_and_two_tables": (
-        "  ipv4:\n    nat:\n      POSTROUTING: ['-o eth0 -j MASQUERADE']\n"
-        "    filter:\n      policy: {FORWARD: DROP}\n      FORWARD: ['-i zt+ -j ACCEPT']\n"
-        "  ipv6:\n    filter:\n      FORWARD: ['-i zt+ -j ACCEPT']\n",
-        dump(*FILTER),
-        dump(*FILTER),
-        [
-            SAVE4,
-            restore(
-                f"*filter\n-A FORWARD {T} -i zt+ -j ACCEPT\n-P FORWARD DROP\nCOMMIT\n"
-                f"*nat\n-A POSTROUTING {T} -o eth0 -j MASQUERADE\nCOMMIT\n"
-            ),
-            SAVE6,
-            restore(f"*filter\n-A FORWARD {T} -i zt+ -j ACCEPT\nCOMMIT\n", "ipv6"),
-        ],
-    ),
-    "docker_host_new_rule_after_the_owned_one": (
-        "  ipv4:\n    filter:\n      policy: {FORWARD: DROP}\n"
-        "      FORWARD: ['-i zt+ -s 10.6.4.0/22 -j ACCEPT', '-i eth0 -o zt+ -j ACCEPT']\n"
-        "    nat:\n      POSTROUTING: ['-s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN']\n"
-        "  ipv6:\n    filter:\n      policy: {FORWARD: DROP}\n"
-        "      FORWARD: ['-i zt+ -s 2001:19f0:6001:1a6::/64 -j ACCEPT']\n",
-        (FIXTURES / "firewall/docker_host/iptables-save.txt").read_text(),
-        (FIXTURES / "firewall/docker_host/ip6tables-save.txt").read_text(),
-        [SAVE4, restore(f"*filter\n-A FORWARD {T} -i eth0 -o zt+ -j ACCEPT\nCOMMIT\n")],
-    ),
-    "duplicate_owned_rule_removed_foreign_rules_untouched": (
-        "  ipv4:\n    filter:\n      INPUT: ['-i zt+ -j ACCEPT']\n",
-        (FIXTURES / "firewall/fail2ban_duplicate_owned/iptables-save.txt").read_text(),
-        "",
-        [SAVE4, restore("*filter\n-D INPUT 2\nCOMMIT\n")],
-    ),
-}
-
-
-def canned_kernel() -> CannedNormaliser:
-    return CannedNormaliser(
-        {
-            "-i zt+ -s 10.6.4.0/22 -j ACCEPT": f"-s 10.6.4.0/22 -i zt+ {T} -j ACCEPT",
-            "-i eth0 -o zt+ -j ACCEPT": f"-i eth0 -o zt+ {T} -j ACCEPT",
-            "-i zt+ -s 2001:19f0:6001:1a6::/64 -j ACCEPT": (
-                f"-s 2001:19f0:6001:1a6::/64 -i zt+ {T} -j ACCEPT"
-            ),
-        }
+def test_a_fresh_gateway_is_one_restore_per_family() -> None:
+    kernel = FakeKernel()
+    converge(spec_of(GATEWAY), kernel)
+    v4, v6 = kernel.restores()
+    assert v4 == (
+        "*filter\n"
+        ":ZT-gw1.FORWARD - [0:0]\n"
+        f"-A ZT-gw1.FORWARD {ZT_OUT}\n"
+        f"-A ZT-gw1.FORWARD {BACK}\n"
+        f"-I FORWARD 1 {J_FORWARD}\n"
+        "-P FORWARD DROP\n"
+        "COMMIT\n"
+        "*nat\n"
+        ":ZT-gw1.POSTROUTING - [0:0]\n"
+        "-A ZT-gw1.POSTROUTING -s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN\n"
+        "-A ZT-gw1.POSTROUTING -s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7\n"
+        f"-I POSTROUTING 1 {jump_rule('gw1', 'POSTROUTING')}\n"
+        "COMMIT\n"
     )
+    assert v6.startswith("*filter\n:ZT-gw1.FORWARD - [0:0]\n")
 
 
-@pytest.mark.parametrize(
-    ("spec_yaml", "live4", "live6", "expected"), APPLY_CASES.values(), ids=APPLY_CASES.keys()
-)
-def test_apply_writes_exactly_this_restore_input_and_converges(
-    spec_yaml: str,
-    live4: str,
-    live6: str,
-    expected: list[tuple[tuple[str, ...], str | None]],
-) -> None:
-    firewall = Firewall(normalise=canned_kernel())
-    spec = spec_of(spec_yaml)
-    host = FakeKernel({"ipv4": live4, "ipv6": live6})
-    foreign_before = {a: r for a, r in firewall.read(host).resources.items() if ".foreign[" in a}
-    changes, _, desired = plan_firewall(firewall, spec, host)
-    assert changes, "the case must need changes"
-    host.calls.clear()
-    firewall.apply(host, changes, {a: r.value for a, r in desired.items()})
-    assert host.calls == expected
-    # The same host read again matches the spec: nothing left to change.
-    again, unmanaged, _ = plan_firewall(firewall, spec, host)
-    assert again == []
-    purged = {c.address for c in changes if ".foreign[" in c.address}
-    after = firewall.read(host).resources
-    assert {a: r for a, r in after.items() if ".foreign[" in a} == {
-        a: r for a, r in foreign_before.items() if a not in purged
-    }
-    assert set(unmanaged) <= set(foreign_before)
-
-
-def test_apply_with_no_changes_runs_nothing() -> None:
-    host = ReplayHost()
-    Firewall(normalise=CannedNormaliser()).apply(host, [], {})
-    assert host.calls == []
-
-
-def test_a_rejected_restore_is_a_live_read_error() -> None:
-    stderr = (
-        "iptables-restore v1.8.9 (nf_tables): Couldn't load match `conntrack':No such file "
-        "or directory\n\nError occurred at line: 2\n"
-        "Try `iptables-restore -h' or 'iptables-restore --help' for more information.\n"
-    )
-    host = ReplayHost(
-        {
-            ("iptables-save",): "",
-            ("iptables-restore", "--noflush"): CommandResult(
-                ("iptables-restore", "--noflush"), 1, "", stderr
-            ),
-        }
-    )
-    change = Change(
-        address='firewall.ipv4.filter.FORWARD["-m conntrack --ctstate NEW -j ACCEPT"]',
-        provider="firewall",
-        action=Action.CREATE,
-        after="-m conntrack --ctstate NEW -j ACCEPT",
-    )
-    with pytest.raises(LiveReadError) as caught:
-        Firewall(normalise=CannedNormaliser()).apply(
-            host, [change], {"firewall.ipv4.filter.FORWARD": [change.after]}
+def test_one_new_rule_is_one_insert_at_its_place() -> None:
+    kernel = FakeKernel()
+    converge(spec_of(GATEWAY), kernel)
+    kernel.calls.clear()
+    spec = spec_of(
+        GATEWAY.replace(
+            f'        - "{ZT_OUT}"\n',
+            f'        - "{ZT_OUT}"\n        - "-i zt+ -p icmp -j ACCEPT"\n',
         )
-    assert str(caught.value) == (
-        "firewall: iptables-restore failed: Couldn't load match `conntrack':No such file or "
-        "directory"
+    )
+    _, changes = converge(spec, kernel)
+    assert [(c.action.value, c.follows) for c in changes] == [("create", ZT_OUT)]
+    assert kernel.restores()[0] == "*filter\n-I ZT-gw1.FORWARD 2 -i zt+ -p icmp -j ACCEPT\nCOMMIT\n"
+
+
+def test_a_deleted_rule_is_deleted_by_its_place_in_the_own_chain() -> None:
+    kernel = FakeKernel()
+    converge(spec_of(GATEWAY), kernel)
+    kernel.calls.clear()
+    _, changes = converge(spec_of(GATEWAY.replace(f'        - "{ZT_OUT}"\n', "")), kernel)
+    assert [c.action.value for c in changes] == ["delete"]
+    assert kernel.restores()[0] == "*filter\n-D ZT-gw1.FORWARD 1\nCOMMIT\n"
+
+
+def test_a_reorder_rewrites_the_own_chain_whole() -> None:
+    kernel = FakeKernel()
+    converge(spec_of(GATEWAY), kernel)
+    kernel.calls.clear()
+    swapped = GATEWAY.replace(
+        f'        - "{ZT_OUT}"\n        - "{BACK}"\n', f'        - "{BACK}"\n        - "{ZT_OUT}"\n'
+    )
+    _, changes = converge(spec_of(swapped), kernel)
+    assert [c.reason for c in changes] == ["rule order"]
+    assert kernel.restores()[0] == (
+        f"*filter\n:ZT-gw1.FORWARD - [0:0]\n-A ZT-gw1.FORWARD {BACK}\n"
+        f"-A ZT-gw1.FORWARD {ZT_OUT}\nCOMMIT\n"
     )
 
 
-def test_apply_refuses_to_edit_when_the_save_before_it_fails() -> None:
-    host = ReplayHost(
-        {
-            ("iptables-save",): CommandResult(("iptables-save",), 1, "", "iptables-save: busy\n"),
-            ("iptables-restore", "--noflush"): "",
-        }
+def test_a_shadowed_jump_moves_to_the_head_by_its_text() -> None:
+    kernel = FakeKernel()
+    converge(spec_of(GATEWAY), kernel)
+    kernel.run(
+        ["iptables-restore", "--noflush"], "*filter\n-I FORWARD 1 -s 1.2.3.4/32 -j DROP\nCOMMIT\n"
     )
-    change = Change(
-        address='firewall.ipv4.filter.ZT-IN["-j ACCEPT"]',
-        provider="firewall",
-        action=Action.CREATE,
-        after="-j ACCEPT",
+    kernel.calls.clear()
+    _, changes = converge(spec_of(GATEWAY), kernel)
+    assert [(c.address, c.before) for c in changes] == [
+        ("firewall.ipv4.filter.FORWARD.jump", "behind: -s 1.2.3.4/32 -j DROP")
+    ]
+    assert (
+        kernel.restores()[0]
+        == f"*filter\n-D FORWARD {J_FORWARD}\n-I FORWARD 1 {J_FORWARD}\nCOMMIT\n"
     )
-    with pytest.raises(LiveReadError):
-        Firewall(normalise=CannedNormaliser()).apply(
-            host, [change], {"firewall.ipv4.filter.ZT-IN": ["-j ACCEPT"]}
+    assert kernel.tables["ipv4"]["filter"].rules["FORWARD"] == [J_FORWARD, "-s 1.2.3.4/32 -j DROP"]
+
+
+def test_a_docker_restart_reinserting_its_jumps_first_causes_no_drift() -> None:
+    kernel = FakeKernel()
+    converge(spec_of(GATEWAY), kernel)
+    docker = "*filter\n:DOCKER-USER - [0:0]\n:DOCKER-FORWARD - [0:0]\n"
+    docker += "-I FORWARD 1 -j DOCKER-FORWARD\n-I FORWARD 1 -j DOCKER-USER\nCOMMIT\n"
+    kernel.run(["iptables-restore", "--noflush"], docker)
+    _, changes, _, _ = plan_on(spec_of(GATEWAY), kernel)
+    assert changes == []
+
+
+def test_a_dropped_family_deletes_its_chain_and_jump_after_forwarding() -> None:
+    kernel = FakeKernel()
+    converge(spec_of(GATEWAY), kernel)
+    kernel.calls.clear()
+    without_v6 = GATEWAY.split("  ipv6:")[0]
+    _, changes = converge(spec_of(without_v6), kernel)
+    assert {c.phase for c in changes} == {"teardown"}
+    assert kernel.restores()[0] == (
+        f"*filter\n-D FORWARD {J_FORWARD}\n-F ZT-gw1.FORWARD\n-X ZT-gw1.FORWARD\nCOMMIT\n"
+    )
+
+
+def test_a_partial_plan_applies_that_rule_and_nothing_else() -> None:
+    kernel = FakeKernel()
+    converge(spec_of(GATEWAY), kernel)
+    spec = spec_of(
+        GATEWAY.replace(
+            f'        - "{ZT_OUT}"\n',
+            '        - "-i zt+ -p icmp -j ACCEPT"\n        - "-i zt+ -p udp -j ACCEPT"\n',
         )
-    # Declaring ZT-IN blind would flush it if it exists: nothing may be restored.
-    assert ("iptables-restore", "--noflush") not in host.commands()
+    )
+    firewall, changes, _, before = plan_on(spec, kernel)
+    assert {c.action.value for c in changes} == {"create", "delete"}
+    kept = restrict(changes, ['firewall.ipv4.filter.FORWARD["-i zt+ -p udp -j ACCEPT"]'])
+    kernel.calls.clear()
+    firewall.apply(kernel, kept, before)
+    assert kernel.restores() == ["*filter\n-I ZT-gw1.FORWARD 1 -i zt+ -p udp -j ACCEPT\nCOMMIT\n"]
 
 
-def test_a_duplicate_owned_rule_after_another_converges_in_one_apply() -> None:
-    spec = spec_of("  ipv4:\n    filter:\n      INPUT: ['-i zt+ -j ACCEPT', '-i eth0 -j DROP']\n")
-    host = FakeKernel(
+def test_an_exclusive_chain_purges_foreign_rules_by_their_text() -> None:
+    spec = spec_of("  ipv4:\n    filter:\n      FORWARD: {exclusive: true, rules: ['-j ACCEPT']}\n")
+    kernel = FakeKernel(
         {
             "ipv4": dump(
-                *FILTER,
-                f"-A INPUT -i zt+ {T} -j ACCEPT",
-                f"-A INPUT -i eth0 {T} -j DROP",
-                f"-A INPUT -i zt+ {T} -j ACCEPT",
-            ),
-            "ipv6": "",
+                "-A FORWARD -s 1.2.3.4/32 -j DROP",
+                f"-A FORWARD {jump_rule('other', 'FORWARD')}",
+                ":ZT-other.FORWARD - [0:0]",
+            )
         }
     )
-    firewall = Firewall(normalise=CannedNormaliser())
-    changes, _, desired = plan_firewall(firewall, spec, host)
-    firewall.apply(host, changes, {a: r.value for a, r in desired.items()})
-    assert host.tables["ipv4"]["filter"].rules["INPUT"] == [
-        f"-i zt+ {T} -j ACCEPT",
-        f"-i eth0 {T} -j DROP",
-    ]
+    _, changes = converge(spec, kernel)
+    purged = [c for c in changes if ".foreign[" in c.address]
+    assert [c.reason for c in purged] == ["foreign rule in an exclusive chain"]
+    assert "-D FORWARD -s 1.2.3.4/32 -j DROP\n" in kernel.restores()[0]
+    # Another target's jump is ztplan's, not foreign: it stays.
+    assert jump_rule("other", "FORWARD") in kernel.tables["ipv4"]["filter"].rules["FORWARD"]
 
 
-def test_a_chain_name_with_a_dot_is_refused_by_the_spec() -> None:
-    """Dots would make addresses ambiguous (firewall.ipv4.filter.ZT.IN[...])."""
-    with pytest.raises(SpecError, match=r"firewall\.ipv4\.filter\[\"ZT\.IN\"\]: a chain name"):
-        spec_of("  ipv4:\n    filter:\n      ZT.IN: ['-i a -j ACCEPT']\n")
+def test_rules_of_the_first_release_move_into_the_own_chain_in_one_transaction() -> None:
+    dumps = saved_dumps("release_0_1_docker_host")
+    kernel = FakeKernel(
+        {"ipv4": str(dumps[("iptables-save",)]), "ipv6": str(dumps[("ip6tables-save",)])}
+    )
+    spec = spec_of(
+        "  ipv4:\n    filter:\n      FORWARD: ['-s 10.6.4.0/22 -i zt+ -j ACCEPT']\n"
+        "    nat:\n      POSTROUTING: ['-s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN']\n"
+    )
+    _, changes = converge(spec, kernel)
+    moved = [c for c in changes if ".legacy[" in c.address]
+    assert moved and all("ztplan 0.1" in c.reason for c in moved)
+    assert all(c.phase == "protect" for c in changes if c.address.names[0] == "ipv4")
+    assert len([t for t in kernel.restores() if t]) == 2  # one per family
+    v4 = kernel.save("ipv4")
+    assert "--comment ztplan " not in v4 and "ZT-gw1.FORWARD -s 10.6.4.0/22 -i zt+ -j ACCEPT" in v4
 
 
 # --- rollback ---------------------------------------------------------------------------
 
 
-def test_rollback_restores_each_family_from_the_dump_read_saw() -> None:
-    before4 = dump(
-        *FILTER,
-        ":DOCKER-USER - [0:0]",
-        "-A FORWARD -j DOCKER-USER",
-        f"-A FORWARD -i a {T} -j ACCEPT",
-    )
-    before6 = dump(":INPUT ACCEPT [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]")
-    host = FakeKernel({"ipv4": before4, "ipv6": before6})
-    firewall = Firewall(normalise=CannedNormaliser())
-    snapshot = firewall.read(host)
-    spec = spec_of(
-        "  ipv4:\n    filter:\n      policy: {FORWARD: DROP}\n      FORWARD: ['-i b -j ACCEPT']\n"
-        "  ipv6:\n    filter:\n      policy: {FORWARD: ACCEPT}\n"
-    )
-    changes, _, desired = plan_firewall(firewall, spec, host)
-    firewall.apply(host, changes, {a: r.value for a, r in desired.items()})
-    assert firewall.read(host).digest != snapshot.digest
-    host.calls.clear()
-    firewall.rollback(host, snapshot)
-    assert firewall.read(host).resources == snapshot.resources
-    restores = [(argv, text) for argv, text in host.calls if argv[0].endswith("-restore")]
-    assert restores == [
-        (("iptables-restore",), snapshot.raw["ipv4"]),
-        (("ip6tables-restore",), snapshot.raw["ipv6"]),
-    ]
-    assert parse_save(snapshot.raw["ipv4"]) == parse_save(before4)
+def test_rollback_undoes_ztplans_edits_and_keeps_a_ban_added_meanwhile() -> None:
+    kernel = FakeKernel({"ipv4": dump(":f2b-sshd - [0:0]", "-A INPUT -p tcp -j f2b-sshd")})
+    spec = spec_of(GATEWAY)
+    firewall, changes, _, before = plan_on(spec, kernel)
+    firewall.apply(kernel, changes, before)
+    ban = "-s 203.0.113.66/32 -j REJECT --reject-with icmp-port-unreachable"
+    kernel.run(["iptables-restore", "--noflush"], f"*filter\n-I f2b-sshd 1 {ban}\nCOMMIT\n")
+    firewall.rollback(kernel, before, changes)
+    assert kernel.tables["ipv4"]["filter"].rules["f2b-sshd"] == [ban]
+    assert "ZT-gw1.FORWARD" not in kernel.tables["ipv4"]["filter"].rules
+    assert kernel.tables["ipv4"]["filter"].policies["FORWARD"] == "ACCEPT"
+    assert firewall.read(kernel).digest == before.digest
 
 
-def test_rollback_empties_tables_created_since_the_snapshot() -> None:
-    host = FakeKernel({"ipv4": "", "ipv6": ""})
-    firewall = Firewall(normalise=CannedNormaliser())
-    snapshot = firewall.read(host)
-    spec = spec_of("  ipv4:\n    nat:\n      POSTROUTING: ['-o eth0 -j MASQUERADE']\n")
-    changes, _, desired = plan_firewall(firewall, spec, host)
-    firewall.apply(host, changes, {a: r.value for a, r in desired.items()})
-    assert host.tables["ipv4"]["nat"].rules["POSTROUTING"] == [f"{T} -o eth0 -j MASQUERADE"]
-    firewall.rollback(host, snapshot)
-    assert host.tables["ipv4"]["nat"].rules["POSTROUTING"] == []
-    assert firewall.read(host).resources == snapshot.resources
-    assert not any(argv == ("ip6tables-restore",) for argv, _ in host.calls)
+def test_rollback_of_an_edit_puts_the_own_chain_back_whole() -> None:
+    kernel = FakeKernel()
+    converge(spec_of(GATEWAY), kernel)
+    spec = spec_of(GATEWAY.replace(f'        - "{ZT_OUT}"\n', ""))
+    firewall, changes, _, before = plan_on(spec, kernel)
+    firewall.apply(kernel, changes, before)
+    firewall.rollback(kernel, before, changes)
+    assert kernel.tables["ipv4"]["filter"].rules["ZT-gw1.FORWARD"] == [ZT_OUT, BACK]
 
 
-def test_a_failing_rollback_says_which_tool_failed() -> None:
-    dumps: dict[tuple[str, ...], str | CommandResult] = {
-        ("iptables-save",): dump(*FILTER),
-        ("ip6tables-save",): "",
-    }
-    firewall = Firewall(normalise=CannedNormaliser())
-    snapshot = firewall.read(ReplayHost(dumps))
+def test_rollback_after_a_failed_restore_changes_nothing() -> None:
+    kernel = FakeKernel()
+    spec = spec_of(GATEWAY)
+    firewall, changes, _, before = plan_on(spec, kernel)
+    kernel.calls.clear()
+    firewall.rollback(kernel, before, changes)  # nothing was applied: nothing to undo
+    assert kernel.restores() == []
+
+
+def test_a_rejected_restore_keeps_the_kernels_reason() -> None:
     host = ReplayHost(
         {
-            **dumps,
-            ("iptables-restore",): CommandResult(
-                ("iptables-restore",), 1, "", "iptables-restore v1.8.9 (nf_tables): line 2 failed\n"
+            ("iptables-save",): "",
+            ("ip6tables-save",): "",
+            ("iptables-restore", "--noflush"): CommandResult(
+                ("iptables-restore", "--noflush"),
+                4,
+                "",
+                "iptables-restore v1.8.9 (nf_tables): \n"
+                "line 2: RULE_APPEND failed (Invalid argument): rule in chain FORWARD\n",
             ),
         }
     )
+    spec = spec_of("  ipv4:\n    filter:\n      FORWARD: ['-j SNAT --to-source 1.1.1.1']\n")
+    firewall, changes, _, before = plan_on(spec, host)
     with pytest.raises(LiveReadError) as caught:
-        firewall.rollback(host, snapshot)
-    assert str(caught.value) == "firewall: iptables-restore: line 2 failed"
+        firewall.apply(host, changes, before)
+    assert str(caught.value) == (
+        "firewall: iptables-restore failed: line 2: RULE_APPEND failed (Invalid argument): "
+        "rule in chain FORWARD"
+    )
 
 
-# --- _edit_chain and _longest_increasing ------------------------------------------------
+def test_two_targets_on_one_host_keep_each_others_rules() -> None:
+    kernel = FakeKernel()
+    member = spec_of(
+        "  ipv4:\n    filter:\n      FORWARD: ['-i zt+ -p icmp -j ACCEPT']\n", name="member"
+    )
+    converge(spec_of(GATEWAY), kernel)
+    converge(member, kernel)
+    _, again, _, _ = plan_on(spec_of(GATEWAY), kernel)
+    assert again == []
+    rules = kernel.tables["ipv4"]["filter"].rules
+    assert rules["ZT-gw1.FORWARD"] == [ZT_OUT, BACK] and rules["ZT-member.FORWARD"]
 
 
-def owned(rule: str) -> str:
-    return f"{T} {rule}"
-
-
-@pytest.mark.parametrize(
-    ("live", "desired", "purged", "lines"),
-    [
-        pytest.param([], [], set(), [], id="nothing_to_do"),
-        pytest.param([owned("-j A")], ["-j A"], set(), [], id="already_in_place"),
-        pytest.param(["-j X"], [], set(), [], id="foreign_alone_is_left"),
-        pytest.param(
-            [owned("-j A"), owned("-j B")],
-            [],
-            set(),
-            ["-D C 2", "-D C 1"],
-            id="all_owned_removed",
-        ),
-        pytest.param(
-            [],
-            ["-j A", "-j B"],
-            set(),
-            [f"-A C {T} -j A", f"-A C {T} -j B"],
-            id="empty_chain_filled_in_order",
-        ),
-        pytest.param(
-            [owned(f"-j {x}") for x in "DCBA"],
-            ["-j A", "-j B", "-j C", "-j D"],
-            set(),
-            [
-                "-D C 3",
-                "-D C 2",
-                "-D C 1",
-                f"-A C {T} -j B",
-                f"-A C {T} -j C",
-                f"-A C {T} -j D",
-            ],
-            id="reversed_keeps_one",
-        ),
-        pytest.param(
-            ["-j X", owned("-j A")],
-            ["-j B", "-j A"],
-            set(),
-            [f"-I C 2 {T} -j B"],
-            id="insert_before_first_owned_after_foreign",
-        ),
-        pytest.param(
-            ["-j X", owned("-j A"), "-j Y"],
-            ["-j A"],
-            {rule_address("ipv4", "filter", "C", "-j Y", foreign=True)},
-            ["-D C 3"],
-            id="purge_one_foreign_keep_other",
-        ),
-        pytest.param(
-            [owned("-j A"), "-j X", owned("-j A")],
-            ["-j A"],
-            set(),
-            ["-D C 1"],
-            id="duplicate_owned_deleted_once",
-        ),
-    ],
-)
-def test_edit_chain(
-    live: list[str], desired: list[str], purged: set[str], lines: list[str]
-) -> None:
-    assert _edit_chain("C", live, desired, purged, "ipv4", "filter") == lines
-
-
-@pytest.mark.parametrize(
-    ("pairs", "keep"),
-    [
-        pytest.param([], set(), id="empty"),
-        pytest.param([(4, 0)], {4}, id="one"),
-        pytest.param([(0, 0), (5, 1), (7, 2)], {0, 5, 7}, id="already_ordered"),
-        pytest.param([(0, 3), (1, 2), (2, 1), (3, 0)], {3}, id="reversed"),
-        pytest.param([(0, 2), (1, 0), (2, 1)], {1, 2}, id="first_moved_to_the_end"),
-        pytest.param([(0, 1), (1, 2), (2, 3), (3, 0)], {0, 1, 2}, id="last_moved_to_the_front"),
-        pytest.param([(0, 0), (1, 0)], {1}, id="equal_ranks_keep_one"),
-    ],
-)
-def test_longest_increasing(pairs: list[tuple[int, int]], keep: set[int]) -> None:
-    assert _longest_increasing(pairs) == keep
-
-
-def test_longest_increasing_keeps_a_longest_run() -> None:
-    ranks = [3, 0, 4, 1, 5, 2, 6]
-    pairs = [(10 + i, r) for i, r in enumerate(ranks)]
-    kept = _longest_increasing(pairs)
-    in_order = [r for (pos, r) in pairs if pos in kept]
-    assert in_order == sorted(in_order)
-    assert len(kept) == 4  # e.g. 0 1 2 6 or 3 4 5 6
+def test_unknown_addresses_are_refused() -> None:
+    firewall = firewall_for(spec_of(GATEWAY))
+    change = Change(address="firewall.ipv4", provider="firewall", action=Action.DELETE)
+    with pytest.raises(LiveReadError):
+        firewall.apply(FakeKernel(), [change], firewall.read(FakeKernel()))
+    assert isinstance(Resource(Address("x"), 1), Resource)

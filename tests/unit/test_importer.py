@@ -14,7 +14,7 @@ from ztplan.api import ApiClient
 from ztplan.errors import LiveReadError, ZtplanError
 from ztplan.host import CommandResult
 from ztplan.importer import adopt_rules, import_spec
-from ztplan.providers.firewall import TAG_ARGS, SpecRule
+from ztplan.normalise import SpecRule
 from ztplan.providers.sysctl import key_path
 from ztplan.spec import Controller, Spec, parse_spec
 
@@ -50,9 +50,11 @@ def body(text: str) -> str:
     return text.split("\n", 2)[2]
 
 
-def as_written(family: str, rules: Sequence[SpecRule], chains: Mapping[str, set[str]]) -> list[str]:
+def as_written(
+    family: str, rules: Sequence[SpecRule], chains: Mapping[str, set[str]]
+) -> list[tuple[str, tuple[str, ...]]]:
     """A normaliser for rules already in the kernel's spelling (what import writes)."""
-    return [rule for _, _, _, rule, _ in rules]
+    return [(rule, ()) for _, _, _, rule, _ in rules]
 
 
 def test_docker_gateway_imports_as_recorded() -> None:
@@ -128,10 +130,10 @@ def test_other_tools_rules_are_named_in_the_header_and_absent_below() -> None:
         "LIBVIRT_",
         "ufw-",
         "LOG-BANNED",
-        TAG_ARGS,
+        "--comment ztplan",
     ):
         assert foreign not in spec_text
-    assert "# Not ztplan's yet: 9 rule(s) lack the tag" in header
+    assert "# Not ztplan's yet: 9 rule(s) stand outside ztplan's own chains." in header
     assert "#   ndppd: keepalive, route-ttl in /etc/ndppd.conf: no spec field" in header
 
 
@@ -231,7 +233,7 @@ def imported(host: ReplayHost) -> Spec:
     return parse_spec(import_spec(host, target="gw1"), "imported.yaml")
 
 
-def test_adoption_tags_each_rule_in_its_place_in_one_restore_per_family() -> None:
+def test_adoption_moves_each_rule_into_the_own_chain_in_one_restore_per_family() -> None:
     host = docker_gateway()
     spec = imported(host)
     host.outputs |= {("iptables-restore", "--noflush"): "", ("ip6tables-restore", "--noflush"): ""}
@@ -241,45 +243,70 @@ def test_adoption_tags_each_rule_in_its_place_in_one_restore_per_family() -> Non
     ssh = '-s 198.51.100.0/24 -p tcp -m tcp --dport 22 -m comment --comment "ssh from admin net"'
     state = "-d 10.6.4.0/22 -i eth0 -m state --state RELATED,ESTABLISHED -j ACCEPT"
     mss = "-o eth0 -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
+    jump = '-m comment --comment "ztplan:gw1" -j ZT-gw1.'
     assert restores["iptables-restore"].splitlines() == [
         "*filter",
+        ":ZT-gw1.INPUT - [0:0]",
+        ":ZT-gw1.FORWARD - [0:0]",
+        ":ZT-gw1.ZT-IN - [0:0]",
+        # ztplan 0.1's tagged rule moves too, as its plan would move it:
+        "-D FORWARD -s 10.6.4.0/22 -i zt+ -m comment --comment ztplan -j ACCEPT",
+        "-A ZT-gw1.INPUT -i zt+ -j ZT-gw1.ZT-IN",  # the user chain is the target's own now
+        f"-A ZT-gw1.INPUT {ssh} -j ACCEPT",
+        "-A ZT-gw1.FORWARD -s 10.6.4.0/22 -i zt+ -j ACCEPT",
+        f"-A ZT-gw1.FORWARD {state}",
+        "-A ZT-gw1.ZT-IN -p udp -m udp --dport 53 -j ACCEPT",
+        "-A ZT-gw1.ZT-IN -p icmp -j ACCEPT",
+        f"-I INPUT 1 {jump}INPUT",
+        f"-I FORWARD 1 {jump}FORWARD",
         "-D INPUT -i zt+ -j ZT-IN",
-        f"-I INPUT 4 {TAG_ARGS} -i zt+ -j ZT-IN",
         f"-D INPUT {ssh} -j ACCEPT",
-        f"-I INPUT 5 {TAG_ARGS} {ssh} -j ACCEPT",
-        f"-D FORWARD {state}",  # the rule before it is tagged already: left alone
-        f"-I FORWARD 10 {TAG_ARGS} {state}",
+        f"-D FORWARD {state}",
         "-D ZT-IN -p udp -m udp --dport 53 -j ACCEPT",
-        f"-I ZT-IN 1 {TAG_ARGS} -p udp -m udp --dport 53 -j ACCEPT",
         "-D ZT-IN -p icmp -j ACCEPT",
-        f"-I ZT-IN 2 {TAG_ARGS} -p icmp -j ACCEPT",
+        "-F ZT-IN",  # every rule and every jump of it moved: the hand-made chain goes
+        "-X ZT-IN",
         "COMMIT",
         "*nat",
-        "-D POSTROUTING -s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN",  # Docker's MASQUERADE is 1
-        f"-I POSTROUTING 2 {TAG_ARGS} -s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN",
+        ":ZT-gw1.POSTROUTING - [0:0]",
+        "-A ZT-gw1.POSTROUTING -s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN",
+        "-A ZT-gw1.POSTROUTING -s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7",
+        f"-I POSTROUTING 1 {jump}POSTROUTING",
+        "-D POSTROUTING -s 10.6.4.0/22 -d 10.6.4.0/22 -j RETURN",
         "-D POSTROUTING -s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7",
-        f"-I POSTROUTING 3 {TAG_ARGS} -s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7",
         "COMMIT",
         "*mangle",
+        ":ZT-gw1.FORWARD - [0:0]",
+        f"-A ZT-gw1.FORWARD {mss}",
+        f"-I FORWARD 1 {jump}FORWARD",
         f"-D FORWARD {mss}",
-        f"-I FORWARD 1 {TAG_ARGS} {mss}",
         "COMMIT",
     ]
+    tagged = "-s 2001:19f0:6001:1a6::/64 -i zt+ -m comment --comment ztplan -j ACCEPT"
     assert restores["ip6tables-restore"].splitlines() == [
         "*filter",
+        ":ZT-gw1.FORWARD - [0:0]",
+        f"-D FORWARD {tagged}",  # there twice: both copies go
+        f"-D FORWARD {tagged}",
+        "-A ZT-gw1.FORWARD -s 2001:19f0:6001:1a6::/64 -i zt+ -j ACCEPT",
+        "-A ZT-gw1.FORWARD -d 2001:19f0:6001:1a6::/64 -i eth0 -j ACCEPT",
+        f"-I FORWARD 1 {jump}FORWARD",
         "-D FORWARD -d 2001:19f0:6001:1a6::/64 -i eth0 -j ACCEPT",
-        f"-I FORWARD 2 {TAG_ARGS} -d 2001:19f0:6001:1a6::/64 -i eth0 -j ACCEPT",
         "COMMIT",
     ]
     assert adopted[0] == 'firewall.ipv4.filter.INPUT["-i zt+ -j ZT-IN"]'
 
 
-def test_adoption_when_everything_is_tagged_runs_no_restore() -> None:
+def test_adoption_when_everything_is_in_own_chains_runs_no_restore() -> None:
     dump = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.6.4.0/22 -j MASQUERADE\nCOMMIT\n"
     host = ReplayHost(dumps(dump))
     spec = imported(host)
-    tagged = dump.replace("-j MASQUERADE", f"{TAG_ARGS} -j MASQUERADE")
-    host.outputs[("iptables-save",)] = tagged  # as after a first adoption
+    moved = (
+        "*nat\n:POSTROUTING ACCEPT [0:0]\n:ZT-gw1.POSTROUTING - [0:0]\n"
+        '-A POSTROUTING -m comment --comment "ztplan:gw1" -j ZT-gw1.POSTROUTING\n'
+        "-A ZT-gw1.POSTROUTING -s 10.6.4.0/22 -j MASQUERADE\nCOMMIT\n"
+    )
+    host.outputs[("iptables-save",)] = moved  # as after a first adoption
     assert adopt_rules(host, spec, as_written) == []  # a restore would fail: none is recorded
 
 

@@ -188,7 +188,7 @@ def test_apply_posts_only_the_changed_flags_as_booleans_one_post_per_network() -
     )
     member = member_of(service, spec)
     changes, _ = plan(member, spec, host())
-    member.apply(host(), changes, {})
+    member.apply(host(), changes, Snapshot.of({}))
     assert service.posts() == [
         (f"/network/{A}", {"allowDefault": True, "allowDNS": True}),
         (f"/network/{B}", {"allowGlobal": False}),
@@ -204,7 +204,7 @@ def test_apply_gets_before_it_posts_and_re_reads_after() -> None:
     member = member_of(service, spec)
     changes, _ = plan(member, spec, host())
     service.requests.clear()
-    member.apply(host(), changes, {})
+    member.apply(host(), changes, Snapshot.of({}))
     assert [(m, p) for m, p, _ in service.requests] == [
         ("GET", f"/network/{A}"),
         ("POST", f"/network/{A}"),
@@ -233,7 +233,7 @@ def test_apply_to_a_network_left_since_the_plan_posts_nothing() -> None:
     changes, _ = plan(member, spec, host())
     del service.joined[A]  # `zerotier-cli leave` between plan and apply
     with pytest.raises(ControllerError, match="has not joined network 8056c2e21c000001"):
-        member.apply(host(), changes, {})
+        member.apply(host(), changes, Snapshot.of({}))
     assert service.posts() == []
     assert A not in service.joined
 
@@ -245,7 +245,7 @@ def test_a_flag_the_service_did_not_keep_is_an_error() -> None:
     member = member_of(service, spec)
     changes, _ = plan(member, spec, host())
     with pytest.raises(ControllerError) as caught:
-        member.apply(host(), changes, {})
+        member.apply(host(), changes, Snapshot.of({}))
     assert str(caught.value) == (
         f"member service: network {A} did not keep allow_default=true "
         "(the service answered 200 but ignored them)"
@@ -263,7 +263,7 @@ def test_apply_refuses_a_value_that_is_not_a_boolean() -> None:
         after="true",
     )
     with pytest.raises(ZtplanError, match="cannot apply"):
-        member.apply(host(), [change], {})
+        member.apply(host(), [change], Snapshot.of({}))
     assert service.requests == []
 
 
@@ -272,9 +272,9 @@ def test_rollback_posts_the_old_values_of_what_changed() -> None:
     spec = spec_of({"id": A, "allow_default": True, "allow_dns": True}, {"id": B})
     member = member_of(service, spec)
     changes, before = plan(member, spec, host())
-    member.apply(host(), changes, {})
+    member.apply(host(), changes, before)
     service.requests.clear()
-    member.rollback(host(), before)
+    member.rollback(host(), before, changes)
     assert service.posts() == [(f"/network/{A}", {"allowDefault": False, "allowDNS": False})]
     assert member.read(host()).digest == before.digest
 
@@ -284,10 +284,10 @@ def test_rollback_never_posts_to_a_network_left_since() -> None:
     spec = spec_of({"id": A, "allow_default": True})
     member = member_of(service, spec)
     changes, before = plan(member, spec, host())
-    member.apply(host(), changes, {})
+    member.apply(host(), changes, before)
     del service.joined[A]
     service.requests.clear()
-    member.rollback(host(), before)
+    member.rollback(host(), before, changes)
     assert service.posts() == []
     assert A not in service.joined
 

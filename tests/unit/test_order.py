@@ -40,7 +40,7 @@ def test_bringing_a_gateway_up_announces_last() -> None:
 def test_withdrawing_a_gateway_removes_its_route_first_and_forwarding_last() -> None:
     plan = order_changes(
         [
-            change('firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -j MASQUERADE"]', Action.DELETE),
+            change('firewall.ipv6.filter.FORWARD["-i zt+ -j ACCEPT"]', Action.DELETE),
             change('sysctl["net.ipv4.ip_forward"]', before="1", after="0"),
             change(f"{NW}.routes", before=[DEFAULT, SUBNET], after=[SUBNET]),
             change('firewall.ipv4.filter.INPUT["-p tcp --dport 22 -j ACCEPT"]', Action.CREATE),
@@ -50,9 +50,27 @@ def test_withdrawing_a_gateway_removes_its_route_first_and_forwarding_last() -> 
         ("controller", "withdraw", "update"),
         ("firewall", "protect", "create"),  # the new SSH rule exists before anything goes
         ("sysctl", "teardown", "update"),
-        ("firewall", "teardown", "delete"),
+        ("firewall", "teardown", "delete"),  # IPv6 only loses rules: after forwarding is off
     ]
     assert [name for name, _ in steps(plan)] == ["controller", "firewall", "sysctl", "firewall"]
+
+
+def test_a_family_that_gains_and_loses_rules_swaps_them_in_one_step() -> None:
+    # One atomic restore: the old NAT rule is never gone before the new one is there.
+    plan = order_changes(
+        [
+            change('firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -j MASQUERADE"]', Action.DELETE),
+            change(
+                'firewall.ipv4.nat.POSTROUTING["-s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7"]',
+                Action.CREATE,
+            ),
+        ]
+    )
+    assert [(c.phase, c.action.value) for c in plan] == [
+        ("protect", "delete"),
+        ("protect", "create"),
+    ]
+    assert len(list(steps(plan))) == 1
 
 
 def test_a_moved_default_route_is_announced_not_withdrawn() -> None:

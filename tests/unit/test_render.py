@@ -35,7 +35,9 @@ SOURCE = SpecSource(
 PLAN = Plan(
     ztplan_version="0.1.0",
     target="gw1",
+    host="gw1.example.net",
     netns="ztplan-sandbox",
+    controller_url="https://api.zerotier.com/api/v1",
     spec=SOURCE,
     changes=[
         Change(
@@ -72,6 +74,32 @@ PLAN = Plan(
             action=Action.UPDATE,
             before="0",
             after="1",
+        ),
+        Change(
+            address='ndppd.proxy["eth0"].rule["2001:19f0:6001:1a6::/80"]',
+            provider="ndppd",
+            action=Action.CREATE,
+            after="static",
+            follows="",
+        ),
+        Change(
+            address='controller.network["8056c2e21c000001"].routes',
+            provider="controller",
+            action=Action.UPDATE,
+            before=[{"target": "10.6.4.0/22", "via": None}],
+            after=[
+                {"target": "0.0.0.0/0", "via": "10.6.6.2"},
+                {"target": "10.6.4.0/22", "via": None},
+            ],
+        ),
+        Change(
+            address='persist["etc/iptables/rules.v4"]',
+            provider="persist",
+            action=Action.UPDATE,
+            before="3 rules (filter, nat) [0123456789ab]",
+            after="4 rules (filter, nat) [ba9876543210]",
+            reason="live rules would be lost at reboot",
+            detail=["+ nat: -A ZT-gw1.POSTROUTING -s 10.6.4.0/22 -j MASQUERADE"],
         ),
     ],
     findings=[
@@ -129,21 +157,26 @@ def test_the_json_plan_reads_back_as_the_same_plan() -> None:
     text = render_json(PLAN)
     assert Plan.model_validate_json(text) == PLAN
     data = json.loads(text)
-    assert data["format_version"] == FORMAT_VERSION == "1"
+    assert data["format_version"] == FORMAT_VERSION == "2"
+    assert data["counts"] == {"add": 2, "change": 5, "destroy": 1}
     assert list(data) == [
         "format_version",
         "ztplan_version",
         "target",
+        "host",
         "netns",
+        "controller_url",
         "spec",
         "changes",
         "findings",
         "unmanaged",
         "snapshots",
         "desired",
+        "partial",
         "state_lineage",
         "state_serial",
         "spec_text",
+        "counts",
     ]
 
 
@@ -217,7 +250,7 @@ def test_summary_line(actions: list[Action], line: str) -> None:
 
 def test_markdown_counts_a_replace_like_the_human_summary() -> None:
     plan = NO_CHANGES.model_copy(update={"changes": [change(Action.REPLACE)]})
-    assert "| gw1 | 1 | 0 | 1 |" in render_markdown(plan)
+    assert "| `gw1` | 1 | 0 | 1 |" in render_markdown(plan)
 
 
 def test_a_nested_update_shows_its_detail_lines() -> None:

@@ -7,7 +7,7 @@ import pytest
 from tests.unit.fake_host import ReplayHost
 from ztplan.diff import diff_resources
 from ztplan.errors import LiveReadError
-from ztplan.model import Action, Change, Resource
+from ztplan.model import Action, Change, Resource, Snapshot
 from ztplan.providers.sysctl import Sysctl, key_path, normalise_value
 from ztplan.spec import parse_spec
 
@@ -165,7 +165,7 @@ def test_a_failed_write_is_a_live_read_error_naming_key_and_value() -> None:
         after="1",
     )
     with pytest.raises(LiveReadError) as caught:
-        Sysctl(keys=["net.ipv4.ip_forward"]).apply(host, [change], {})
+        Sysctl(keys=["net.ipv4.ip_forward"]).apply(host, [change], Snapshot.of({}))
     assert str(caught.value) == (
         "sysctl: net.ipv4.ip_forward: cannot write '1' (Read-only file system)"
     )
@@ -176,15 +176,17 @@ def test_rollback_writes_back_only_what_changed_since_read() -> None:
     sysctl = Sysctl(keys=KEYS)
     before = sysctl.read(host)
     host.files[FORWARD] = "1\n"  # what apply did
-    sysctl.rollback(host, before)
+    host.files[RMEM] = "1 2 3\n"  # someone else, and no change of this apply
+    sysctl.rollback(host, before, [change_of("net.ipv4.ip_forward", "0", "1")])
     assert host.writes == [(FORWARD, "0\n")]
+    host.files[RMEM] = "4096\t131072\t6291456\n"
     assert sysctl.read(host).resources == before.resources
 
 
 def test_rollback_with_nothing_changed_writes_nothing() -> None:
     host = live_host()
     sysctl = Sysctl(keys=KEYS)
-    sysctl.rollback(host, sysctl.read(host))
+    sysctl.rollback(host, sysctl.read(host), [change_of(k, "0", "1") for k in KEYS])
     assert host.writes == []
 
 
@@ -196,9 +198,19 @@ def test_rollback_reports_every_key_it_could_not_restore() -> None:
     host.files[RMEM] = "1 2 3\n"
     host.files[FORWARD6] = FileNotFoundError(2, "No such file or directory")
     with pytest.raises(LiveReadError) as caught:
-        sysctl.rollback(host, before)
+        sysctl.rollback(host, before, [change_of(k, "0", "1") for k in KEYS])
     assert str(caught.value) == (
         "sysctl: could not restore net.ipv4.ip_forward (Permission denied), "
         "net.ipv6.conf.all.forwarding (No such file or directory)"
     )
     assert host.writes == [(RMEM, "4096\t131072\t6291456\n")]
+
+
+def change_of(key: str, before: str, after: str) -> Change:
+    return Change(
+        address=f'sysctl["{key}"]',
+        provider="sysctl",
+        action=Action.UPDATE,
+        before=before,
+        after=after,
+    )

@@ -1,19 +1,19 @@
 """The contract every provider keeps (NAPALM's driver lifecycle, Terraform's vocabulary).
 
     read     = the running config (live, owned and foreign; never writes)
-    desired  = the candidate (normalised from the spec; never touches live state)
+    desired  = the candidate (normalised from the spec)
     apply    = commit exactly these changes, as one transaction where the backend has one
-    rollback = put back what `read` saw
+    rollback = undo exactly these changes, putting back what `read` saw of them
 
-Providers normalise and execute; they never diff (that is `ztplan.diff`).
+Providers normalise and execute; they never diff (that is `ztplan.diff`): `apply` gets
+the plan's changes and turns them into backend input, nothing more, so a partial or saved
+plan does what it shows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import ClassVar, Protocol, runtime_checkable
-
-from pydantic import JsonValue
 
 from ztplan.host import Host
 from ztplan.model import Address, Change, Finding, Resource, Snapshot
@@ -43,21 +43,16 @@ class Provider(Protocol):
         """Warnings and errors about this provider's part (the guide's mistakes)."""
         ...
 
-    def apply(
-        self,
-        host: Host,
-        changes: Sequence[Change],
-        desired: Mapping[Address, JsonValue],
-        before: Snapshot | None = None,
-    ) -> None:
+    def apply(self, host: Host, changes: Sequence[Change], before: Snapshot) -> None:
         """Make exactly these changes (one transaction where the backend allows).
 
-        `desired` holds the desired values of all the provider's resources: a chain's full
-        rule order is needed to place one new rule. `before` is the snapshot the changes
-        were planned against, when it is known to be current (read under the same lock).
+        `before` is the snapshot the changes were planned against, read under this run's
+        lock: what they are edits of (a rule's position in ztplan's own chain).
         """
         ...
 
-    def rollback(self, host: Host, before: Snapshot) -> None:
-        """Put the live state back to `before` (as `read` returned it)."""
+    def rollback(self, host: Host, before: Snapshot, changes: Sequence[Change]) -> None:
+        """Undo `changes`, which were applied wholly, in part or not at all: put back what
+        `before` held for the resources they touch, and nothing else. Reads the live
+        state afresh; `before` may have been rebuilt from its `raw` (a journal)."""
         ...

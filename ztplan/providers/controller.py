@@ -25,10 +25,11 @@ from typing import Any, ClassVar
 
 from pydantic import JsonValue
 
+from ztplan.address import Address
 from ztplan.api import ApiClient, NotFound
 from ztplan.errors import ControllerError
 from ztplan.host import Host
-from ztplan.model import Address, Change, Finding, Resource, Snapshot
+from ztplan.model import Change, Finding, Resource, Snapshot
 from ztplan.spec import Spec
 
 __all__ = ["DEFAULT_URLS", "Controller", "controller_client", "network_address"]
@@ -47,7 +48,15 @@ FIELDS = {
 
 
 def network_address(nwid: str, field: str) -> Address:
-    return f'controller.network["{nwid}"].{field}'
+    return Address.of("controller", "network").item(nwid).dot(field)
+
+
+def _network_field(address: Address) -> tuple[str, str]:
+    """(network id, field) of a controller address."""
+    steps = address.steps
+    if len(steps) != 4 or steps[2].key is None or steps[3].name is None:
+        raise ControllerError(f"controller: not a network field address: {address}")
+    return steps[2].key, steps[3].name
 
 
 def _canonical_network(text: str) -> str:
@@ -228,27 +237,25 @@ class Controller:
                     f"sent {json.dumps(value)}, stored {json.dumps(kept[field])}"
                 )
 
-    def apply(
-        self,
-        host: Host,
-        changes: Sequence[Change],
-        desired: Mapping[Address, JsonValue],
-        before: Snapshot | None = None,
-    ) -> None:
+    def apply(self, host: Host, changes: Sequence[Change], before: Snapshot) -> None:
         by_network: dict[str, dict[str, JsonValue]] = {}
         for change in changes:
-            nwid = change.address.split('"')[1]
-            field = change.address.rsplit(".", 1)[1]
+            nwid, field = _network_field(change.address)
             by_network.setdefault(nwid, {})[field] = change.after
         for nwid, fields in by_network.items():
             self._get(nwid)  # GET first: a POST to a missing network would create it
             self._post(nwid, fields)
 
-    def rollback(self, host: Host, before: Snapshot) -> None:
+    def rollback(self, host: Host, before: Snapshot, changes: Sequence[Change]) -> None:
         raw = before.raw if isinstance(before.raw, dict) else {}
-        for nwid, values in raw.items():
+        touched: dict[str, set[str]] = {}
+        for change in changes:
+            nwid, field = _network_field(change.address)
+            touched.setdefault(nwid, set()).add(field)
+        for nwid, fields in touched.items():
+            values = raw.get(nwid, {})
             current = self.read_one(nwid)
-            changed = {f: v for f, v in values.items() if current.get(f) != v}
+            changed = {f: values[f] for f in fields if f in values and current.get(f) != values[f]}
             if changed:
                 self._post(nwid, changed)
 

@@ -1,561 +1,150 @@
-"""iptables and ip6tables: read with one `*-save`, apply with one `*-restore --noflush`.
+"""iptables and ip6tables: ztplan's rules in chains of their own, one set per target.
 
-Ownership: every rule ztplan writes carries the comment match `-m comment --comment ztplan`;
-rules without it are foreign and only ever deleted from a chain declared `exclusive`.
+The spec keeps the shape people know (`filter: {FORWARD: [...]}`); the rules listed
+under a chain go, in order, into the target's own chain (`ZT-gw1.FORWARD`, see
+`ztplan.iptables.own_chain`), entered from the built-in chain by one jump. A user chain
+of the spec (`ZT-IN`) is the target's own too (`ZT-gw1.ZT-IN`), and the spec's jumps to
+it are renamed on the way in and out. This is how Docker (`DOCKER-USER`), fail2ban
+(`f2b-*`), ufw and Tailscale (`ts-forward`) share a host: each owns its chains and keeps
+one jump into them.
 
-Normalisation lets the kernel parse: the spec's rules are loaded into a scratch network
-namespace and read back with `*-save`, so equivalent spellings compare equal and a typo is
-a plan-time error with the rule's spec path. Results are cached by the digest of the input.
+- Inside its own chains only ztplan writes (under the target's lock), so edits there are
+  exact: by position from the snapshot read under that lock, or a whole-chain rewrite
+  where that is cheaper.
+- In chains others write to, ztplan touches only its jump (by its text; it is inserted
+  at the head, a position nothing else can make wrong), the policies it manages, and,
+  in a chain declared `exclusive`, the foreign rules it purges (by their text).
+- The jump must not be shadowed: it may come after jumps of tools that put their hook
+  first by design and re-insert it on every restart (Docker's `DOCKER-USER` and
+  `DOCKER-FORWARD`, fail2ban's `f2b-*`, Tailscale's `ts-*`, other ztplan targets), and
+  after nothing else. So a Docker restart causes no drift, and a foreign rule put ahead
+  of the jump is drift that moves the jump back to the head.
+- Apply turns exactly the plan's changes into one `*-restore --noflush` per family;
+  rollback undoes exactly those changes (own chains put back whole, the jump and the
+  policies and purged rules one by one), never a whole table.
 
-Addresses:
-    firewall.ipv4.filter.policy.FORWARD             a built-in chain's policy
-    firewall.ipv4.filter.FORWARD["-i zt+ -j ACCEPT"] an owned rule (normalised, tag removed)
-    firewall.ipv4.filter.FORWARD                    the order of the chain's owned rules
-    firewall.ipv4.filter.FORWARD.foreign["..."]     a foreign rule (unmanaged, or purged)
+Addresses (the spec's chain names, not the kernel's):
+    firewall.ipv4.filter.FORWARD["-i zt+ -j ACCEPT"]  a rule of the target's own chain
+    firewall.ipv4.filter.FORWARD                      that chain's rule order
+    firewall.ipv4.filter.FORWARD.chain                the own chain itself (its kernel name)
+    firewall.ipv4.filter.FORWARD.jump                 the jump into it ("first" when sound)
+    firewall.ipv4.filter.policy.FORWARD               a built-in chain's policy
+    firewall.ipv4.filter.FORWARD.foreign["..."]       a foreign rule (unmanaged, or purged)
+    firewall.ipv4.filter.FORWARD.legacy["..."]        a rule ztplan 0.1 tagged in place
 """
 
 from __future__ import annotations
 
-import bisect
-import collections
-import contextlib
-import json
-import os
+import hashlib
 import re
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
-from pydantic import JsonValue
-
+from ztplan.address import Address
 from ztplan.errors import LiveReadError, SpecError
-from ztplan.host import Host, LocalHost
-from ztplan.model import Action, Address, Change, Finding, Resource, Snapshot
-from ztplan.spec import FAMILIES, TABLES, Spec, format_field, line_of
+from ztplan.host import Host
+from ztplan.iptables import (
+    FAMILIES,
+    TABLES,
+    Table,
+    is_legacy,
+    jump_rule,
+    jump_target,
+    own_chain,
+    own_chain_parts,
+    parse_save,
+    rewrite_jumps,
+    target_id,
+    tokens,
+    untag_legacy,
+)
+from ztplan.model import Action, Change, Finding, Resource, Snapshot
+from ztplan.normalise import TOOLS, KernelNormaliser, Normaliser, RuleRejected, restore_message
+from ztplan.spec import Spec, format_field, line_of
 
-__all__ = ["TAG", "Firewall", "KernelNormaliser", "is_owned", "parse_save", "rule_address", "untag"]
+__all__ = ["YIELD_TO", "Firewall", "Layout", "restore_input", "rule_address"]
 
-TAG = "ztplan"
-TAG_ARGS = f"-m comment --comment {TAG}"
-"""How iptables-save prints the ownership tag (unquoted: the word needs no quotes)."""
+YIELD_TO = re.compile(
+    r"DOCKER-USER|DOCKER-FORWARD|DOCKER-ISOLATION-STAGE-1|DOCKER-INGRESS|f2b-.+|ts-.+"
+)
+"""Foreign chains whose jump may stand ahead of ztplan's: tools that put their hook
+first by design and re-insert it there whenever they restart."""
 
-CACHE_VERSION = 2
-"""Bumped when the cached spellings could differ (a change in how rules are tagged)."""
-
-TOOLS = {
-    "ipv4": ("iptables-save", "iptables-restore"),
-    "ipv6": ("ip6tables-save", "ip6tables-restore"),
-}
+FIRST = "first"
+"""The jump's value when it is sound: nothing but YIELD_TO jumps ahead of it."""
+_REWRITE_AT = 8
+"""Edits in one own chain beyond which a whole rewrite is sent instead (and at least a
+quarter of the chain): one `-A` per rule beats positions recounted per edit."""
 
 
-# --- parsing iptables-save -----------------------------------------------------------
+def _firewall(family: str, table: str, chain: str) -> Address:
+    return Address.of("firewall", family, table, chain)
+
+
+def rule_address(family: str, table: str, chain: str, rule: str) -> Address:
+    """The address of a rule of the target's own chain for the spec's `chain`."""
+    return _firewall(family, table, chain).item(rule)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the spec declares of the firewall, as `read` and `apply` need it without the
+    spec: the chains per (family, table) and which of them are exclusive."""
+
+    target: str
+    chains: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    exclusive: frozenset[tuple[str, str, str]] = frozenset()
+
+    @classmethod
+    def of(cls, spec: Spec) -> Layout:
+        chains: dict[tuple[str, str], tuple[str, ...]] = {}
+        exclusive: set[tuple[str, str, str]] = set()
+        for family in FAMILIES:
+            fam = getattr(spec.firewall, family, None) if spec.firewall else None
+            for table_name, table in (fam.tables() if fam else {}).items():
+                chains[(family, table_name)] = tuple(table.chains)
+                exclusive |= {
+                    (family, table_name, c) for c, cs in table.chains.items() if cs.exclusive
+                }
+        return cls(spec.target.name, chains, frozenset(exclusive))
+
+    def private(self, family: str, table: str) -> dict[str, str]:
+        """The spec's user chains of a table -> their kernel names (`ZT-IN` -> `ZT-gw1.ZT-IN`)."""
+        builtins = TABLES.get(table, ())
+        return {
+            c: own_chain(self.target, c)
+            for c in self.chains.get((family, table), ())
+            if c not in builtins
+        }
 
 
 @dataclass
-class Table:
-    policies: dict[str, str] = field(default_factory=dict)
-    """Chain -> policy ('-' for user chains)."""
-    rules: dict[str, list[str]] = field(default_factory=dict)
-    """Chain -> rule texts as saved, without `-A CHAIN `."""
+class _Where:
+    """An address of this provider, taken apart."""
+
+    family: str
+    table: str
+    chain: str
+    kind: str
+    """rule | order | chain | jump | policy | foreign | legacy"""
+    key: str | None = None
+    occurrence: int = 1
 
 
-def parse_save(text: str) -> dict[str, Table]:
-    """iptables-save output -> table name -> Table (comments and counters dropped)."""
-    tables: dict[str, Table] = {}
-    current: Table | None = None
-    for line in text.splitlines():
-        if line.startswith("*"):
-            current = tables.setdefault(line[1:].strip(), Table())
-        elif current is None or not line or line.startswith("#") or line == "COMMIT":
-            continue
-        elif line.startswith(":"):
-            chain, policy = (line[1:].split() + ["-"])[:2]
-            current.policies[chain] = policy
-            current.rules.setdefault(chain, [])
-        elif line.startswith("-A "):
-            chain, _, rule = line[3:].partition(" ")
-            current.rules.setdefault(chain, []).append(rule)
-    return tables
-
-
-_TAG_HEAD = TAG_ARGS + " "
-_TAG_MID = " " + TAG_ARGS + " "
-_TAG_TAIL = " " + TAG_ARGS
-
-
-def is_owned(rule: str) -> bool:
-    return _TAG_MID in rule or rule.startswith(_TAG_HEAD) or rule.endswith(_TAG_TAIL)
-
-
-def untag(rule: str) -> str:
-    """The rule without its ownership tag (iptables-save's spelling has single spaces)."""
-    if rule.startswith(_TAG_HEAD):
-        return rule[len(_TAG_HEAD) :]
-    if _TAG_MID in rule:
-        return rule.replace(_TAG_MID, " ", 1)
-    return rule.removesuffix(_TAG_TAIL)
-
-
-def rule_address(family: str, table: str, chain: str, rule: str, foreign: bool = False) -> Address:
-    kind = ".foreign" if foreign else ""
-    # JSON-quoted; the f-string is the same text when nothing needs escaping (and ~10x faster).
-    quoted = (
-        f'"{rule}"'
-        if '"' not in rule and "\\" not in rule
-        else json.dumps(rule, ensure_ascii=False)
-    )
-    return f"firewall.{family}.{table}.{chain}{kind}[{quoted}]"
-
-
-def _chain_address(family: str, table: str, chain: str) -> Address:
-    return f"firewall.{family}.{table}.{chain}"
-
-
-def _split_address(address: Address) -> tuple[str, str, str]:
-    family, table, rest = address.split(".", 3)[1:]
-    return family, table, re.split(r"[.\[]", rest, maxsplit=1)[0]
-
-
-# --- normalisation in a scratch namespace ---------------------------------------------
-
-SpecRule = tuple[str, str, str, str, tuple[str | int, ...]]
-"""(family, table, chain, rule text, spec path) of one desired rule."""
-
-_MISSING_CHAIN = re.compile(r"Chain '([^']+)' does not exist|Couldn't load target `([^']+)'")
-
-
-class RuleRejected(Exception):
-    """A desired rule the kernel will not take as one rule; `path` is its place in the spec."""
-
-    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.path = path
-        self.message = message
-
-
-class KernelNormaliser:
-    """Turns a family's desired rules into the kernel's spelling, via a scratch netns.
-
-    The rules go in tagged (as apply will write them), so the spelling is exactly what a
-    later iptables-save shows once the tag is taken out again."""
-
-    def __init__(self, cache_dir: Path | None = None) -> None:
-        self.cache_dir = cache_dir
-        self._known: dict[str, dict[str, str]] = {}
-        """family -> "table<TAB>rule as written" -> kernel spelling (untagged)."""
-
-    def _cache_file(self, family: str) -> Path | None:
-        return self.cache_dir / f"normalise-{family}.json" if self.cache_dir else None
-
-    def _load(self, family: str) -> dict[str, str]:
-        if family not in self._known:
-            cache = self._cache_file(family)
-            known: dict[str, str] = {}
-            try:
-                if cache is not None and cache.exists():
-                    data = json.loads(cache.read_text())
-                    if isinstance(data, dict) and data.get("version") == CACHE_VERSION:
-                        known = {str(k): str(v) for k, v in data.get("rules", {}).items()}
-            except (OSError, ValueError):
-                known = {}  # a broken cache only costs time
-            self._known[family] = known
-        return self._known[family]
-
-    def _save(self, family: str) -> None:
-        cache = self._cache_file(family)
-        if cache is None:
-            return
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"version": CACHE_VERSION, "rules": self._known[family]}))
-            os.replace(tmp, cache)
-        except OSError:
-            pass  # a cache that cannot be written only costs time
-
-    def __call__(
-        self, family: str, rules: Sequence[SpecRule], chains: Mapping[str, set[str]]
-    ) -> list[str]:
-        """The kernel's spelling of each rule (without the ownership tag), in input order.
-
-        A rule's spelling depends only on its family, table and text, so each is cached on
-        its own: after a one-rule edit of a long spec only that rule visits the kernel.
-        """
-        known = self._load(family)
-        keys = [f"{table}\t{rule}" for _, table, _, rule, _ in rules]
-        missing = [r for r, key in zip(rules, keys, strict=True) if key not in known]
-        if missing:
-            with _scratch_namespace() as host:
-                spelled = self._round_trip(host, family, missing, chains)
-            for rule, text in zip(missing, spelled, strict=True):
-                known[f"{rule[1]}\t{rule[3]}"] = text
-            self._save(family)
-        return [known[key] for key in keys]
-
-    def _round_trip(
-        self, host: Host, family: str, rules: Sequence[SpecRule], chains: Mapping[str, set[str]]
-    ) -> list[str]:
-        save, restore = TOOLS[family]
-        # A jump to a chain the spec does not declare (one a foreign tool owns, say) would
-        # fail in the empty scratch namespace; declare such chains there and try again.
-        extra: set[str] = set()
-        for _ in range(64):
-            done = host.run([restore], input=_scratch_input(rules, chains, extra))
-            if done.returncode == 0:
-                break
-            missing = _MISSING_CHAIN.search(done.stderr)
-            name = (missing.group(1) or missing.group(2)) if missing else None
-            if name and name not in extra and re.fullmatch(r"[A-Za-z0-9_.-]{1,28}", name):
-                extra.add(name)
-                continue
-            self._raise_bad_rule(host, family, rules, chains, extra, done.stderr)
-        saved = parse_save(host.run([save]).stdout)
-        result: list[str] = []
-        position: dict[tuple[str, str], int] = {}
-        expected = collections.Counter((r[1], r[2]) for r in rules)
-        for (table, chain), count in expected.items():
-            if len(saved.get(table, Table()).rules.get(chain, [])) != count:
-                self._raise_expanding_rule(host, family, rules, chains, extra)
-        for _, table, chain, _, _ in rules:
-            kernel = saved[table].rules[chain]
-            index = position.get((table, chain), 0)
-            position[(table, chain)] = index + 1
-            result.append(untag(kernel[index]))
-        return result
-
-    def _raise_bad_rule(
-        self,
-        host: Host,
-        family: str,
-        rules: Sequence[SpecRule],
-        chains: Mapping[str, set[str]],
-        extra: set[str],
-        stderr: str,
-    ) -> None:
-        # The reported line is not reliable (nft reports some errors at COMMIT), so find the
-        # first bad rule by bisecting on prefixes of the input: log2(n) restores.
-        _, restore = TOOLS[family]
-
-        def fails(count: int) -> bool:
-            return (
-                host.run([restore], input=_scratch_input(rules[:count], chains, extra)).returncode
-                != 0
-            )
-
-        count = bisect.bisect_left(range(1, len(rules) + 1), True, key=fails) + 1
-        bad = rules[min(count, len(rules)) - 1]
-        message = _restore_message(
-            host.run([restore], input=_scratch_input([bad], chains, extra)).stderr or stderr
+def _where(address: Address) -> _Where:
+    names = address.names
+    if len(names) < 3 or names[0] not in FAMILIES:
+        raise LiveReadError("firewall", f"not a firewall address: {address}")
+    family, table = names[0], names[1]
+    if names[2] == "policy" and len(names) == 4:
+        return _Where(family, table, names[3], "policy")
+    key = address.key
+    if len(names) == 3:
+        return _Where(
+            family, table, names[2], "rule" if key is not None else "order", key, address.occurrence
         )
-        raise RuleRejected(bad[4], f"the kernel rejects this rule: {message}")
-
-    def _raise_expanding_rule(
-        self,
-        host: Host,
-        family: str,
-        rules: Sequence[SpecRule],
-        chains: Mapping[str, set[str]],
-        extra: set[str],
-    ) -> None:
-        save, restore = TOOLS[family]
-        for rule in rules:
-            host.run([restore], input=_scratch_input([rule], chains, extra))
-            count = sum(
-                len(t.rules.get(rule[2], [])) for t in parse_save(host.run([save]).stdout).values()
-            )
-            if count != 1:
-                raise RuleRejected(
-                    rule[4],
-                    f"this rule becomes {count} kernel rules (several addresses or a name "
-                    "that resolves to several); write one rule per address",
-                )
-        raise LiveReadError("firewall", "the kernel returned the rules in an unexpected shape")
-
-
-def _restore_message(stderr: str) -> str:
-    for line in stderr.splitlines():
-        line = re.sub(r"^\S*tables-(restore|save)( v[\d.]+)?( \([^)]*\))?: ", "", line.strip())
-        if line and not line.startswith(("Error occurred at line", "Try `")):
-            return line
-    return stderr.strip() or "rejected"
-
-
-def _scratch_input(
-    rules: Sequence[SpecRule], chains: Mapping[str, set[str]], extra: set[str]
-) -> str:
-    out: list[str] = []
-    for table in dict.fromkeys(r[1] for r in rules):
-        out.append(f"*{table}")
-        for chain in sorted(chains.get(table, set()) | extra):
-            if chain not in TABLES[table]:
-                out.append(f":{chain} - [0:0]")
-        out.extend(f"-A {c} {TAG_ARGS} {r}" for _, t, c, r, _ in rules if t == table)
-        out.append("COMMIT")
-    return "\n".join(out) + "\n"
-
-
-@contextlib.contextmanager
-def _scratch_namespace() -> Iterator[Host]:
-    """A throwaway, empty network namespace (made and removed with pyroute2)."""
-    from pyroute2 import netns as pyroute2_netns
-
-    name = f"ztplan-scratch-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    try:
-        pyroute2_netns.create(name)
-    except OSError as error:
-        raise LiveReadError(
-            "firewall",
-            f"cannot create a scratch network namespace to check the rules ({error})",
-            "ztplan needs root (CAP_SYS_ADMIN) to normalise rules",
-        ) from None
-    try:
-        yield LocalHost(name)
-    finally:
-        pyroute2_netns.remove(name)
-
-
-Normaliser = Callable[[str, Sequence[SpecRule], Mapping[str, set[str]]], list[str]]
-
-
-# --- the provider ----------------------------------------------------------------------
-
-
-class Firewall:
-    """iptables/ip6tables rules and built-in chain policies."""
-
-    name: ClassVar[str] = "firewall"
-
-    def __init__(self, normalise: Normaliser | None = None, file: str = "spec") -> None:
-        self.normalise: Normaliser = normalise or KernelNormaliser()
-        self.file = file
-        """The spec's name, for errors about its rules."""
-
-    def manages(self, spec: Spec) -> bool:
-        """Always: rules ztplan wrote are its own whatever the spec says now, so a spec
-        without a firewall section deletes them (as it does without one family)."""
-        return True
-
-    def desired(self, spec: Spec) -> dict[Address, Resource]:
-        out: dict[Address, Resource] = {}
-        for family in FAMILIES:
-            fam = getattr(spec.firewall, family, None) if spec.firewall else None
-            if fam is None:
-                continue
-            rules: list[SpecRule] = []
-            chains: dict[str, set[str]] = {}
-            for table_name, table in fam.tables().items():
-                for chain, policy in table.policy.items():
-                    address = f"firewall.{family}.{table_name}.policy.{chain}"
-                    out[address] = Resource(address, policy)
-                chains[table_name] = set(table.chains)
-                for chain, chain_spec in table.chains.items():
-                    for i, rule in enumerate(chain_spec.rules):
-                        spec_path: tuple[str | int, ...] = ("firewall", family, table_name)
-                        spec_path += (chain, i)
-                        rules.append((family, table_name, chain, rule, spec_path))
-            try:
-                normalised = self.normalise(family, rules, chains)
-            except RuleRejected as error:
-                raise SpecError(
-                    self.file, format_field(error.path), error.message, line_of(spec, error.path)
-                ) from None
-            by_chain: dict[tuple[str, str], list[str]] = {}
-            for (_, table_name, chain, _, path), rule in zip(rules, normalised, strict=True):
-                address = rule_address(family, table_name, chain, rule)
-                if address in out:
-                    raise SpecError(
-                        self.file,
-                        format_field(path),
-                        f"the same rule as another in this chain once normalised: {rule}",
-                        line_of(spec, path),
-                    )
-                out[address] = Resource(address, rule)
-                by_chain.setdefault((table_name, chain), []).append(rule)
-            for table_name, table in fam.tables().items():
-                for chain, chain_spec in table.chains.items():
-                    address = _chain_address(family, table_name, chain)
-                    out[address] = Resource(
-                        address,
-                        list(by_chain.get((table_name, chain), [])),
-                        relative_order=True,
-                        scope=f"{address}.foreign[",
-                        purge=chain_spec.exclusive,
-                    )
-        return out
-
-    def read(self, host: Host) -> Snapshot:
-        resources: dict[Address, Resource] = {}
-        raw: dict[str, str] = {}
-        parsed: dict[str, dict[str, Table]] = {}
-        canonical: list[str] = []
-        for family, (save, _) in TOOLS.items():
-            done = host.run([save])
-            if done.returncode != 0:
-                raise LiveReadError(self.name, f"{save} failed: {_restore_message(done.stderr)}")
-            raw[family] = done.stdout
-            tables = parsed[family] = parse_save(done.stdout)
-            for table_name, builtins in TABLES.items():
-                # A table nothing has used yet is not in the dump (nft makes tables lazily);
-                # its built-in chains are there in effect, with the kernel's ACCEPT policy.
-                tables.setdefault(table_name, Table(policies=dict.fromkeys(builtins, "ACCEPT")))
-            for table_name, table in sorted(tables.items()):
-                if table_name not in TABLES:
-                    continue
-                if any(table.rules.values()) or set(table.policies.values()) != {"ACCEPT"}:
-                    canonical.append(f"*{family} {table_name}")
-                    canonical += (f":{c} {p}" for c, p in sorted(table.policies.items()))
-                    canonical += (f"-A {c} {r}" for c, rules in table.rules.items() for r in rules)
-                for chain, policy in table.policies.items():
-                    if policy != "-":
-                        address = f"firewall.{family}.{table_name}.policy.{chain}"
-                        resources[address] = Resource(address, policy, owned=False)
-                for chain, chain_rules in table.rules.items():
-                    owned: list[JsonValue] = []
-                    for rule in chain_rules:
-                        mine = is_owned(rule)
-                        text = untag(rule) if mine else rule
-                        if mine:
-                            owned.append(text)
-                        address = rule_address(family, table_name, chain, text, not mine)
-                        if address in resources:
-                            address = _unique(resources, address)
-                        resources[address] = Resource(address, text, owned=mine)
-                    if owned:
-                        address = _chain_address(family, table_name, chain)
-                        resources[address] = Resource(
-                            address, owned, owned=False, relative_order=True
-                        )
-        # Hashing the parsed tables is ~20x cheaper than hashing 20,000 resources; parsed,
-        # not raw, so an empty table and an absent one (the same to the kernel) are equal.
-        digest = _sha256("\n".join(canonical))
-        return Snapshot(resources=resources, raw=raw, digest=digest, parsed=parsed)
-
-    def check(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
-        """A DROP policy the spec no longer manages, over a chain whose ztplan rules all
-        go: what let traffic through is deleted and the DROP stays."""
-        findings = []
-        for address, resource in snapshot.resources.items():
-            if ".policy." not in address or resource.value != "DROP":
-                continue
-            family, table, _ = _split_address(address)
-            chain = address.rsplit(".", 1)[1]
-            fam = getattr(spec.firewall, family, None) if spec.firewall else None
-            spec_table = getattr(fam, table, None) if fam else None
-            if spec_table is not None and (
-                chain in spec_table.policy or chain in spec_table.chains
-            ):
-                continue
-            if _chain_address(family, table, chain) in snapshot.resources:  # owned rules there
-                findings.append(
-                    Finding(
-                        severity="warning",
-                        address=address,
-                        message=f"the {chain} policy stays DROP while ztplan deletes its "
-                        f"rules in {family} {table} {chain} (no longer in the spec): traffic "
-                        "they let through will be dropped; write the policy you want",
-                    )
-                )
-        return findings
-
-    def apply(
-        self,
-        host: Host,
-        changes: Sequence[Change],
-        desired: Mapping[Address, JsonValue],
-        before: Snapshot | None = None,
-    ) -> None:
-        """One `*-restore --noflush` per family with changes.
-
-        Rule positions come from `before` (the snapshot the plan was made from, read under
-        the same lock a moment ago) when given, else from a fresh `*-save`.
-        """
-        known = before.parsed if before is not None and isinstance(before.parsed, dict) else {}
-        touched: dict[str, dict[str, set[str]]] = {}  # family -> table -> chains
-        policies: dict[str, dict[str, list[str]]] = {}
-        purged: set[Address] = set()
-        for change in changes:
-            family, table, chain = _split_address(change.address)
-            if ".policy." in change.address:
-                chain = change.address.rsplit(".", 1)[1]
-                policies.setdefault(family, {}).setdefault(table, []).append(
-                    f"-P {chain} {change.after}"
-                )
-                continue
-            touched.setdefault(family, {}).setdefault(table, set()).add(chain)
-            if ".foreign[" in change.address and change.action is Action.DELETE:
-                purged.add(change.address)
-        for family in FAMILIES:
-            if family not in touched and family not in policies:
-                continue
-            save, restore = TOOLS[family]
-            if family in known:
-                live = known[family]
-            else:
-                saved = host.run([save])
-                if saved.returncode != 0:  # editing blind would duplicate or flush rules
-                    raise LiveReadError(
-                        self.name, f"{save} failed: {_restore_message(saved.stderr)}"
-                    )
-                live = parse_save(saved.stdout)
-            text: list[str] = []
-            for table in sorted(set(touched.get(family, {})) | set(policies.get(family, {}))):
-                text.append(f"*{table}")
-                live_table = live.get(table, Table())
-                for chain in sorted(touched.get(family, {}).get(table, set())):
-                    if chain not in live_table.policies and chain not in TABLES[table]:
-                        text.append(f":{chain} - [0:0]")
-                for chain in sorted(touched.get(family, {}).get(table, set())):
-                    order = desired.get(_chain_address(family, table, chain), [])
-                    text.extend(
-                        _edit_chain(
-                            chain,
-                            live_table.rules.get(chain, []),
-                            [str(r) for r in order] if isinstance(order, list) else [],
-                            {a for a in purged if _split_address(a) == (family, table, chain)},
-                            family,
-                            table,
-                        )
-                    )
-                text.extend(policies.get(family, {}).get(table, []))
-                text.append("COMMIT")
-            done = host.run([restore, "--noflush"], input="\n".join(text) + "\n")
-            if done.returncode != 0:
-                raise LiveReadError(self.name, f"{restore} failed: {_restore_message(done.stderr)}")
-
-    def rollback(self, host: Host, before: Snapshot) -> None:
-        """Restore each family's tables from the dump `read` took (one restore each).
-
-        A table absent from that dump (nft makes tables only when first used) but present
-        now is restored empty with ACCEPT policies: what "absent" meant to the kernel.
-        """
-        raw = before.raw if isinstance(before.raw, dict) else {}
-        failed: list[str] = []
-        for family, (save, restore) in TOOLS.items():
-            old = raw.get(family, "")
-            had = set(parse_save(old))
-            now = set(parse_save(host.run([save]).stdout))
-            empty = [
-                f"*{table}\n"
-                + "".join(f":{chain} ACCEPT [0:0]\n" for chain in TABLES[table])
-                + "COMMIT\n"
-                for table in sorted(now - had)
-                if table in TABLES
-            ]
-            if not old.strip() and not empty:
-                continue
-            done = host.run([restore], input=old + "".join(empty))
-            if done.returncode != 0:
-                failed.append(f"{restore}: {_restore_message(done.stderr)}")
-        if failed:
-            raise LiveReadError(self.name, "; ".join(failed))
-
-
-def _sha256(text: str) -> str:
-    import hashlib
-
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return _Where(family, table, names[2], names[3], key, address.occurrence)
 
 
 def _unique(resources: Mapping[Address, Resource], address: Address) -> Address:
@@ -563,85 +152,646 @@ def _unique(resources: Mapping[Address, Resource], address: Address) -> Address:
     if address not in resources:
         return address
     n = 2
-    while f"{address} #{n}" in resources:
+    while address.nth(n) in resources:
         n += 1
-    return f"{address} #{n}"
+    return address.nth(n)
 
 
-def _edit_chain(
-    chain: str, live: list[str], desired: list[str], purged: set[Address], family: str, table: str
-) -> list[str]:
-    """The fewest `-D`/`-I` lines that make the chain's owned rules read `desired`, in order.
+def _carries_tag(rule: str) -> bool:
+    """Whether a rule carries a comment ztplan uses for ownership (`ztplan`, `ztplan:*`)."""
+    words = list(tokens(rule))
+    return any(
+        w == "--comment"
+        and (words[i + 1].strip('"') == "ztplan" or words[i + 1].strip('"').startswith("ztplan:"))
+        for i, w in enumerate(words[:-1])
+    )
 
-    Owned rules already in place and in the right relative order stay untouched (the
-    longest run of them that is in desired order); the rest are deleted, then the missing
-    ones are inserted next to their desired neighbours. Foreign rules stay where they are
-    unless purged.
-    """
-    mine = [is_owned(rule) for rule in live]
-    texts = [untag(rule) if own else rule for rule, own in zip(live, mine, strict=True)]
-    index = {rule: i for i, rule in enumerate(desired)}
-    pairs = [(pos, index[t]) for pos, t in enumerate(texts) if mine[pos] and t in index]
-    ranks = [rank for _, rank in pairs]
-    if all(a < b for a, b in zip(ranks, ranks[1:], strict=False)):
-        keep = {pos for pos, _ in pairs}  # the usual case: nothing is out of order
-    else:
-        keep = _longest_increasing(pairs)
-    doomed: list[int] = []
-    chain_now: list[tuple[str, bool]] = []  # (untagged rule, owned) after the deletions
-    for pos, text in enumerate(texts):
-        if mine[pos]:
-            drop = pos not in keep
+
+class Firewall:
+    """iptables/ip6tables: the target's own chains, their jumps, built-in chain policies."""
+
+    name: ClassVar[str] = "firewall"
+
+    def __init__(
+        self, layout: Layout, normalise: Normaliser | None = None, file: str = "spec"
+    ) -> None:
+        self.layout = layout
+        self.target = layout.target
+        self.tid = target_id(layout.target)
+        self.normalise: Normaliser = normalise or KernelNormaliser()
+        self.file = file
+        """The spec's name, for errors about its rules."""
+        self.externals: dict[Address, tuple[tuple[str | int, ...], str]] = {}
+        """After `desired`: rules that jump to a chain the spec does not declare -> (their
+        spec path, that chain); `check` looks for it in the live table."""
+
+    def manages(self, spec: Spec) -> bool:
+        """Always: the target's own chains are its own whatever the spec says now, so a
+        spec without a firewall section deletes them (as it does without one family)."""
+        return True
+
+    # --- the spec's side ----------------------------------------------------------------
+
+    def desired(self, spec: Spec) -> dict[Address, Resource]:
+        out: dict[Address, Resource] = {}
+        self.externals = {}
+        for family in FAMILIES:
+            fam = getattr(spec.firewall, family, None) if spec.firewall else None
+            if fam is None:
+                continue
+            rules = []
+            declared: dict[str, set[str]] = {}
+            for table_name, table in fam.tables().items():
+                for chain, policy in table.policy.items():
+                    address = Address.of("firewall", family, table_name, "policy", chain)
+                    out[address] = Resource(address, policy)
+                declared[table_name] = {c for c in table.chains if c not in TABLES[table_name]}
+                for chain, chain_spec in table.chains.items():
+                    for i, rule in enumerate(chain_spec.rules):
+                        path: tuple[str | int, ...] = ("firewall", family, table_name, chain, i)
+                        rules.append((family, table_name, chain, rule, path))
+            try:
+                spelled = self.normalise(family, rules, declared)
+            except RuleRejected as error:
+                raise self._spec_error(spec, error.path, error.message) from None
+            rule_resources: dict[tuple[str, str], dict[Address, Resource]] = {}
+            for (_, table_name, chain, _, path), (text, externals) in zip(
+                rules, spelled, strict=True
+            ):
+                if _carries_tag(text):
+                    raise self._spec_error(
+                        spec,
+                        path,
+                        "a rule without a `ztplan` comment: ztplan uses that "
+                        "comment to mark what it owns",
+                    )
+                address = rule_address(family, table_name, chain, text)
+                mine = rule_resources.setdefault((table_name, chain), {})
+                if address in mine:
+                    raise self._spec_error(
+                        spec,
+                        path,
+                        f"the same rule as another in this chain once normalised: {text}",
+                    )
+                mine[address] = Resource(address, text)
+                for name in externals:
+                    self.externals[address] = (path, name)
+            for table_name, table in fam.tables().items():
+                for chain, chain_spec in table.chains.items():
+                    # The chain and its jump first: they read as the heading of its rules.
+                    base = _firewall(family, table_name, chain)
+                    out[base.dot("chain")] = Resource(
+                        base.dot("chain"), own_chain(self.target, chain)
+                    )
+                    if chain in TABLES[table_name]:
+                        out[base.dot("jump")] = Resource(base.dot("jump"), FIRST)
+                    mine = rule_resources.get((table_name, chain), {})
+                    out.update(mine)
+                    out[base] = Resource(
+                        base,
+                        [r.value for r in mine.values()],
+                        relative_order=True,
+                        scope=f"{base}.foreign[",
+                        purge=chain_spec.exclusive and chain in TABLES[table_name],
+                    )
+        return out
+
+    def _spec_error(self, spec: Spec, path: tuple[str | int, ...], message: str) -> SpecError:
+        return SpecError(self.file, format_field(path), message, line_of(spec, path))
+
+    # --- the live side ------------------------------------------------------------------
+
+    def read(self, host: Host) -> Snapshot:
+        resources: dict[Address, Resource] = {}
+        raw: dict[str, str] = {}
+        parsed: dict[str, dict[str, Table]] = {}
+        for family, (save, _) in TOOLS.items():
+            done = host.run([save])
+            if done.returncode != 0:
+                raise LiveReadError(self.name, f"{save} failed: {restore_message(done.stderr)}")
+            raw[family] = done.stdout
+            tables = parsed[family] = parse_save(done.stdout)
+            for table_name, builtins in TABLES.items():
+                # A table nothing has used yet is not in the dump (nft makes tables lazily);
+                # its built-in chains are there in effect, with the kernel's ACCEPT policy.
+                tables.setdefault(table_name, Table(policies=dict.fromkeys(builtins, "ACCEPT")))
+            for table_name in TABLES:
+                self._read_table(family, table_name, tables[table_name], resources)
+        # The digest covers what ztplan owns or decides on (its chains, jumps, policies,
+        # rules of exclusive chains), not foreign rules it leaves alone: a fail2ban ban
+        # between plan and apply does not make a saved plan stale.
+        canonical = [
+            f"{address}\t{resource.value}"
+            for address, resource in resources.items()
+            if resource.owned or ".foreign[" not in address or self._purged(address)
+        ]
+        digest = "sha256:" + hashlib.sha256("\n".join(canonical).encode()).hexdigest()
+        return Snapshot(resources=resources, raw=raw, digest=digest, parsed=parsed)
+
+    def _purged(self, address: Address) -> bool:
+        where = _where(address)
+        return (where.family, where.table, where.chain) in self.layout.exclusive
+
+    def _logical_chain(self, family: str, table: str, part: str) -> str:
+        for chain in self.layout.chains.get((family, table), ()):
+            if own_chain(self.target, chain).endswith("." + part):
+                return chain
+        return part  # a chain the spec no longer declares (shortened names stay shortened)
+
+    def _to_logical(self, family: str, table: str) -> dict[str, str]:
+        return {v: k for k, v in self.layout.private(family, table).items()}
+
+    def _read_table(
+        self, family: str, table_name: str, table: Table, resources: dict[Address, Resource]
+    ) -> None:
+        builtins = TABLES[table_name]
+        for chain in builtins:
+            address = Address.of("firewall", family, table_name, "policy", chain)
+            resources[address] = Resource(address, table.policies.get(chain, "ACCEPT"), owned=False)
+        logical = self._to_logical(family, table_name)
+        for chain, rules in table.rules.items():
+            parts = own_chain_parts(chain)
+            if parts is not None and parts[0] == self.tid:
+                name = self._logical_chain(family, table_name, parts[1])
+                base = _firewall(family, table_name, name)
+                resources[base.dot("chain")] = Resource(base.dot("chain"), chain)
+                texts = [rewrite_jumps(r, logical) for r in rules] if logical else rules
+                for text in texts:
+                    address = _unique(resources, base.item(text))
+                    resources[address] = Resource(address, text)
+                resources[base] = Resource(base, list(texts), owned=False, relative_order=True)
+                continue
+            if chain not in builtins and not any(map(is_legacy, rules)):
+                continue  # a foreign user chain: none of ztplan's business
+            base = _firewall(family, table_name, chain)
+            jump = jump_rule(self.target, chain) if chain in builtins else None
+            positions: list[int] = []
+            for i, rule in enumerate(rules):
+                if rule == jump:
+                    positions.append(i)
+                elif is_legacy(rule):
+                    address = _unique(resources, base.dot("legacy").item(untag_legacy(rule)))
+                    resources[address] = Resource(
+                        address,
+                        untag_legacy(rule),
+                        reason=f"tagged in {chain} by ztplan 0.1; ztplan's rules now live in "
+                        f"its own chain {own_chain(self.target, chain)}",
+                    )
+                elif chain in builtins and not self._other_target(rule):
+                    address = _unique(resources, base.dot("foreign").item(rule))
+                    resources[address] = Resource(address, rule, owned=False)
+            if positions:
+                ahead = [r for r in rules[: positions[0]] if not self._yields(r)]
+                value = FIRST if not ahead else f"behind: {ahead[0]}"
+                if len(positions) > 1:
+                    value = f"{len(positions)} copies"
+                resources[base.dot("jump")] = Resource(base.dot("jump"), value)
+
+    def _other_target(self, rule: str) -> bool:
+        target = jump_target(rule)
+        parts = own_chain_parts(target) if target else None
+        return parts is not None and parts[0] != self.tid
+
+    def _yields(self, rule: str) -> bool:
+        """Whether a foreign rule may stand ahead of the jump (see YIELD_TO)."""
+        if is_legacy(rule):  # ztplan 0.1's rules: the same plan deletes them
+            return True
+        target = jump_target(rule)
+        return target is not None and (bool(YIELD_TO.fullmatch(target)) or self._other_target(rule))
+
+    # --- findings -----------------------------------------------------------------------
+
+    def check(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
+        findings = self._missing_chains(spec, snapshot) + self._drop_left_behind(spec, snapshot)
+        return findings
+
+    def _missing_chains(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
+        """A jump to a chain that neither the spec nor the live table defines (`-j ACCEPTT`):
+        the apply would fail on it, so the plan does first, naming the spec line."""
+        parsed = snapshot.parsed if isinstance(snapshot.parsed, dict) else {}
+        findings = []
+        for address, (path, chain) in self.externals.items():
+            where = _where(address)
+            live = parsed.get(where.family, {}).get(where.table, Table())
+            if chain in live.policies:
+                continue
+            line = line_of(spec, path)
+            findings.append(
+                Finding(
+                    severity="error",
+                    address=format_field(path),
+                    message=f"{self.file}{f':{line}' if line else ''}: jumps to {chain}, which "
+                    f"is no target and no chain of the spec or of the live {where.family} "
+                    f"{where.table} table",
+                )
+            )
+        return findings
+
+    def _drop_left_behind(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
+        """A DROP policy the spec no longer manages, over a chain whose ztplan rules all
+        go: what let traffic through is deleted and the DROP stays."""
+        findings = []
+        layout = Layout.of(spec)
+        for address, resource in snapshot.resources.items():
+            if ".policy." not in address or resource.value != "DROP":
+                continue
+            where = _where(address)
+            fam = getattr(spec.firewall, where.family, None) if spec.firewall else None
+            spec_table = getattr(fam, where.table, None) if fam else None
+            if spec_table is not None and where.chain in spec_table.policy:
+                continue
+            if where.chain in layout.chains.get((where.family, where.table), ()):
+                continue
+            if _firewall(where.family, where.table, where.chain).dot("chain") in snapshot.resources:
+                findings.append(
+                    Finding(
+                        severity="warning",
+                        address=address,
+                        message=f"the {where.chain} policy stays DROP while ztplan deletes its "
+                        f"rules in {where.family} {where.table} {where.chain} (no longer in the "
+                        "spec): traffic they let through will be dropped; write the policy you "
+                        "want",
+                    )
+                )
+        return findings
+
+    # --- apply and rollback -------------------------------------------------------------
+
+    def apply(self, host: Host, changes: Sequence[Change], before: Snapshot) -> None:
+        """Exactly these changes, one `*-restore --noflush` per family. `before` is the
+        snapshot they were planned against, read under this run's lock: positions inside
+        the target's own chains come from it (only ztplan writes there)."""
+        tables = _parsed(before)
+        by_family: dict[str, list[Change]] = {}
+        for change in changes:
+            by_family.setdefault(_where(change.address).family, []).append(change)
+        for family, family_changes in by_family.items():
+            self._restore(
+                host, family, restore_input(self, family, family_changes, tables.get(family, {}))
+            )
+
+    def rollback(self, host: Host, before: Snapshot, changes: Sequence[Change]) -> None:
+        """Undo `changes` (made wholly, in part or not at all): the target's own chains
+        they touched go back to `before` whole; its jumps, the policies and the foreign
+        rules they touched, one by one. Read afresh, so nothing else is touched."""
+        old = _parsed(before)
+        families = dict.fromkeys(_where(c.address).family for c in changes)
+        failed = []
+        for family in families:
+            done = host.run([TOOLS[family][0]])
+            if done.returncode != 0:
+                failed.append(f"{TOOLS[family][0]}: {restore_message(done.stderr)}")
+                continue
+            now = parse_save(done.stdout)
+            undo = _Undo(self, family, old.get(family, {}), now)
+            for change in changes:
+                if _where(change.address).family == family:
+                    undo.add(change)
+            text = undo.render()
+            if text:
+                try:
+                    self._restore(host, family, text)
+                except LiveReadError as error:
+                    failed.append(str(error))
+        if failed:
+            raise LiveReadError(self.name, "; ".join(failed))
+
+    def _restore(self, host: Host, family: str, text: str) -> None:
+        restore = TOOLS[family][1]
+        done = host.run([restore, "--noflush"], input=text)
+        if done.returncode != 0:
+            raise LiveReadError(self.name, f"{restore} failed: {restore_message(done.stderr)}")
+
+    def physical(self, family: str, table: str, chain: str) -> str:
+        return own_chain(self.target, chain)
+
+
+def restore_input(
+    firewall: Firewall,
+    family: str,
+    changes: Sequence[Change],
+    live: Mapping[str, Table],
+    extra: Mapping[str, Sequence[str]] | None = None,
+) -> str:
+    """The `*-restore --noflush` input that makes `changes` (one family) on `live`, with
+    `extra` lines last in their tables."""
+    edit = _Edit(firewall, family, live)
+    for change in changes:
+        edit.add(change)
+    return edit.render(extra)
+
+
+def _parsed(snapshot: Snapshot) -> dict[str, dict[str, Table]]:
+    if isinstance(snapshot.parsed, dict):
+        return snapshot.parsed
+    raw = snapshot.raw if isinstance(snapshot.raw, dict) else {}
+    return {family: parse_save(str(text)) for family, text in raw.items()}
+
+
+class _TableEdit:
+    """One table's part of a restore, in the order a transaction needs it."""
+
+    def __init__(self) -> None:
+        self.declare: list[str] = []
+        self.unhook: list[str] = []
+        self.own: list[str] = []
+        self.hook: list[str] = []
+        self.drop: list[str] = []
+        self.policies: list[str] = []
+
+    def lines(self) -> list[str]:
+        return [
+            *(f":{c} - [0:0]" for c in self.declare),
+            *self.unhook,
+            *self.own,
+            *self.hook,
+            *self.drop,
+            *self.policies,
+        ]
+
+
+class _Edit:
+    """The restore input that makes exactly one family's changes."""
+
+    def __init__(self, firewall: Firewall, family: str, live: Mapping[str, Table]) -> None:
+        self.fw = firewall
+        self.family = family
+        self.live = live
+        self.tables: dict[str, _TableEdit] = {}
+        self.chains: dict[tuple[str, str], _ChainEdit] = {}
+
+    def _table(self, name: str) -> _TableEdit:
+        return self.tables.setdefault(name, _TableEdit())
+
+    def _chain(self, table: str, chain: str) -> _ChainEdit:
+        key = (table, chain)
+        if key not in self.chains:
+            physical = own_chain(self.fw.target, chain)
+            live = self.live.get(table, Table()).rules.get(physical)
+            to_logical = self.fw._to_logical(self.family, table)
+            rules = [rewrite_jumps(r, to_logical) for r in live] if live and to_logical else live
+            self.chains[key] = _ChainEdit(physical, None if rules is None else list(rules))
+        return self.chains[key]
+
+    def add(self, change: Change) -> None:
+        where = _where(change.address)
+        table = self._table(where.table)
+        hook_rules = self.live.get(where.table, Table()).rules.get(where.chain, [])
+        if where.kind == "policy":
+            table.policies.append(f"-P {where.chain} {change.after}")
+        elif where.kind == "chain":
+            chain = self._chain(where.table, where.chain)
+            if change.action is Action.CREATE:
+                chain.created = True
+            elif change.action is Action.DELETE:
+                chain.deleted = True
+        elif where.kind == "jump":
+            jump = jump_rule(self.fw.target, where.chain)
+            if change.action in (Action.UPDATE, Action.DELETE):
+                table.unhook += [f"-D {where.chain} {jump}"] * hook_rules.count(jump)
+            if change.action in (Action.CREATE, Action.UPDATE):
+                table.hook.append(f"-I {where.chain} 1 {jump}")
+        elif where.kind in ("foreign", "legacy") and change.action is Action.DELETE:
+            table.unhook.append(f"-D {where.chain} {self._live_text(where, hook_rules)}")
+        elif where.kind == "rule" and where.key is not None:
+            chain = self._chain(where.table, where.chain)
+            if change.action is Action.DELETE:
+                chain.deletes.append((where.key, where.occurrence))
+            elif change.action is Action.CREATE:
+                chain.creates.append((where.key, change.follows or ""))
+        elif where.kind == "order" and isinstance(change.after, list):
+            self._chain(where.table, where.chain).order = [str(r) for r in change.after]
         else:
-            drop = bool(purged) and rule_address(family, table, chain, text, True) in purged
-        if drop:
-            doomed.append(pos)
-        else:
-            chain_now.append((text, mine[pos]))
-    # By number, last first, so earlier numbers stay valid: `-D CHAIN RULE` would delete
-    # the first identical rule, the wrong one when a rule is in the chain twice.
-    lines = [f"-D {chain} {pos + 1}" for pos in reversed(doomed)]
-    owned_at = [i for i, (_, mine) in enumerate(chain_now) if mine]
-    cursor = owned_at[0] if owned_at else len(chain_now)
-    present = {text for text, own in chain_now if own}
-    for rule in desired:
-        wanted = (rule, True)
-        if cursor < len(chain_now) and chain_now[cursor] == wanted:  # the usual case
-            cursor += 1
-            continue
-        found = None
-        if rule in present:  # scan only for rules that are there (a new one is not)
-            found = next((i for i in range(cursor, len(chain_now)) if chain_now[i] == wanted), None)
-        if found is not None:
-            cursor = found + 1
-            continue
-        if cursor >= len(chain_now):
-            lines.append(f"-A {chain} {TAG_ARGS} {rule}")
-        else:
-            lines.append(f"-I {chain} {cursor + 1} {TAG_ARGS} {rule}")
-        chain_now.insert(cursor, (rule, True))
-        cursor += 1
-    return lines
+            raise LiveReadError("firewall", f"cannot apply {change.action} {change.address}")
+
+    def _live_text(self, where: _Where, rules: Sequence[str]) -> str:
+        """The text of the n-th foreign or ztplan 0.1 rule of a built-in chain, as saved."""
+        seen = 0
+        for rule in rules:
+            text = untag_legacy(rule) if where.kind == "legacy" and is_legacy(rule) else None
+            if where.kind == "foreign" and rule == where.key:
+                text = rule
+            if text == where.key:
+                seen += 1
+                if seen == where.occurrence:
+                    return rule
+        raise LiveReadError(
+            "firewall",
+            f"{where.family} {where.table} {where.chain} no longer holds {where.key!r}",
+            "plan again",
+        )
+
+    def render(self, extra: Mapping[str, Sequence[str]] | None = None) -> str:
+        """The restore input; `extra` lines go last in their table (import's deletions of
+        the rules it moved)."""
+        for (table_name, _), chain in self.chains.items():
+            to_physical = self.fw.layout.private(self.family, table_name)
+            chain.emit(self._table(table_name), to_physical)
+        for name, lines in (extra or {}).items():
+            self._table(name).drop.extend(lines)
+        out = []
+        for name, table in self.tables.items():
+            lines = table.lines()
+            if lines:
+                out += [f"*{name}", *lines, "COMMIT"]
+        return "\n".join(out) + "\n"
 
 
-def _longest_increasing(pairs: list[tuple[int, int]]) -> set[int]:
-    """Of (live position, desired index) pairs in live order, the live positions of a longest
-    run whose desired indices increase: the owned rules that can stay where they are."""
-    tails: list[int] = []
-    tail_at: list[int] = []
-    parent: list[int] = [-1] * len(pairs)
-    for i, (_, rank) in enumerate(pairs):
-        k = bisect.bisect_left(tails, rank)
-        if k == len(tails):
-            tails.append(rank)
-            tail_at.append(i)
+@dataclass
+class _ChainEdit:
+    """The edits of one of the target's own chains. `live` is None when it does not exist."""
+
+    physical: str
+    live: list[str] | None
+    created: bool = False
+    deleted: bool = False
+    deletes: list[tuple[str, int]] = field(default_factory=list)
+    creates: list[tuple[str, str]] = field(default_factory=list)
+    """(rule, the live rule it follows or "" for the head), in desired order."""
+    order: list[str] | None = None
+
+    def emit(self, table: _TableEdit, to_physical: Mapping[str, str]) -> None:
+        def spell(rule: str) -> str:
+            return rewrite_jumps(rule, to_physical) if to_physical else rule
+
+        if self.deleted:
+            if self.live is not None:
+                table.drop += [f"-F {self.physical}", f"-X {self.physical}"]
+            return
+        rules = list(self.live or [])
+        doomed: list[int] = []
+        for text, occurrence in self.deletes:
+            hits = [i for i, r in enumerate(rules) if r == text]
+            if len(hits) < occurrence:
+                raise LiveReadError(
+                    "firewall", f"{self.physical} no longer holds {text!r}", "plan again"
+                )
+            doomed.append(hits[occurrence - 1])
+        kept = [r for i, r in enumerate(rules) if i not in set(doomed)]
+        final, inserts = _place(kept, self.creates, self.physical)
+        if self.order is not None:
+            rank = {r: i for i, r in enumerate(self.order)}
+            final = sorted(final, key=lambda r: rank.get(r, len(rank)))
+        edits = len(doomed) + len(inserts)
+        rewrite = (
+            self.live is None
+            or self.created
+            or self.order is not None
+            or (edits > _REWRITE_AT and edits * 4 > len(rules))
+        )
+        if rewrite:  # declaring the chain creates it, or flushes it (atomically)
+            table.declare.append(self.physical)
+            table.own += [f"-A {self.physical} {spell(r)}" for r in final]
+            return
+        # By number, last first, so the earlier numbers stay valid; then the inserts, each
+        # at its place in the chain as the edits before it left it.
+        table.own += [f"-D {self.physical} {i + 1}" for i in sorted(doomed, reverse=True)]
+        for position, rule, at_end in inserts:
+            if at_end:
+                table.own.append(f"-A {self.physical} {spell(rule)}")
+            else:
+                table.own.append(f"-I {self.physical} {position + 1} {spell(rule)}")
+
+
+def _place(
+    kept: list[str], creates: Sequence[tuple[str, str]], chain: str
+) -> tuple[list[str], list[tuple[int, str, bool]]]:
+    """The chain after inserting `creates` (each right after its anchor, after earlier
+    creates with the same anchor), and the inserts as (0-based position, rule, at end)."""
+    final = list(kept)
+    after: dict[str, int] = {}
+    inserts = []
+    for rule, anchor in creates:
+        if anchor:
+            try:
+                base = final.index(anchor) + 1
+            except ValueError:
+                raise LiveReadError(
+                    "firewall", f"{chain} no longer holds {anchor!r}", "plan again"
+                ) from None
         else:
-            tails[k] = rank
-            tail_at[k] = i
-        parent[i] = tail_at[k - 1] if k else -1
-    keep: set[int] = set()
-    i = tail_at[-1] if tail_at else -1
-    while i >= 0:
-        keep.add(pairs[i][0])
-        i = parent[i]
-    return keep
+            base = 0
+        position = base + after.get(anchor, 0)
+        after[anchor] = after.get(anchor, 0) + 1
+        inserts.append((position, rule, position == len(final)))
+        final.insert(position, rule)
+    return final, inserts
+
+
+class _Undo:
+    """The restore input that undoes one family's changes, given what was there before and
+    what is there now."""
+
+    def __init__(
+        self,
+        firewall: Firewall,
+        family: str,
+        before: Mapping[str, Table],
+        now: Mapping[str, Table],
+    ) -> None:
+        self.fw = firewall
+        self.family = family
+        self.before = before
+        self.now = now
+        self.tables: dict[str, _TableEdit] = {}
+        self.chains: set[tuple[str, str]] = set()
+        self.jumps: set[tuple[str, str]] = set()
+        self.policies: set[tuple[str, str]] = set()
+        self.hooked: list[tuple[str, str, str]] = []
+
+    def _table(self, name: str) -> _TableEdit:
+        return self.tables.setdefault(name, _TableEdit())
+
+    def add(self, change: Change) -> None:
+        where = _where(change.address)
+        if where.kind in ("rule", "order", "chain"):
+            self.chains.add((where.table, where.chain))
+        elif where.kind == "jump":
+            self.chains.add((where.table, where.chain))
+            self.jumps.add((where.table, where.chain))
+        elif where.kind == "policy":
+            self.policies.add((where.table, where.chain))
+        elif where.kind in ("foreign", "legacy"):
+            self.hooked.append((where.table, where.chain, where.kind + "\t" + (where.key or "")))
+
+    def render(self) -> str:
+        for table, chain in sorted(self.jumps):
+            self._undo_jump(table, chain)
+        for table, chain in sorted(self.chains):
+            self._undo_chain(table, chain)
+        for table, chain in sorted(self.policies):
+            was = self.before.get(table, Table()).policies.get(chain, "ACCEPT")
+            if self.now.get(table, Table()).policies.get(chain, "ACCEPT") != was:
+                self._table(table).policies.append(f"-P {chain} {was}")
+        for table, chain, key in self.hooked:
+            self._undo_hooked(table, chain, key)
+        out = []
+        for name, edit in self.tables.items():
+            lines = edit.lines()
+            if lines:
+                out += [f"*{name}", *lines, "COMMIT"]
+        return "\n".join(out) + "\n" if out else ""
+
+    def _undo_jump(self, table: str, chain: str) -> None:
+        jump = jump_rule(self.fw.target, chain)
+        was = self.before.get(table, Table()).rules.get(chain, [])
+        now = self.now.get(table, Table()).rules.get(chain, [])
+        if [r == jump for r in was] == [r == jump for r in now] and was.count(jump) == now.count(
+            jump
+        ):
+            return
+        edit = self._table(table)
+        edit.unhook += [f"-D {chain} {jump}"] * now.count(jump)
+        if jump in was:
+            # Back where it stood, counted among the rules still there (best effort: the
+            # rules around it are others', and may have moved).
+            before_it = [r for r in was[: was.index(jump)] if r != jump]
+            position = sum(1 for r in now if r in before_it and r != jump)
+            edit.hook.append(f"-I {chain} {position + 1} {jump}")
+
+    def _undo_chain(self, table: str, chain: str) -> None:
+        physical = own_chain(self.fw.target, chain)
+        was = self.before.get(table, Table()).rules.get(physical)
+        now = self.now.get(table, Table()).rules.get(physical)
+        if was == now:
+            return
+        edit = self._table(table)
+        if was is None:
+            # Made by the apply: unhook every jump to it (but the target's own jump, which
+            # `_undo_jump` handles), then remove it.
+            jump = jump_rule(self.fw.target, chain)
+            for hook, rules in self.now.get(table, Table()).rules.items():
+                edit.unhook += [
+                    f"-D {hook} {r}"
+                    for r in rules
+                    if jump_target(r) == physical
+                    and not (r == jump and hook == chain and (table, chain) in self.jumps)
+                ]
+            edit.drop += [f"-F {physical}", f"-X {physical}"]
+        else:
+            edit.declare.append(physical)
+            edit.own += [f"-A {physical} {r}" for r in was]
+
+    def _undo_hooked(self, table: str, chain: str, key: str) -> None:
+        kind, _, text = key.partition("\t")
+        was = self.before.get(table, Table()).rules.get(chain, [])
+        now = self.now.get(table, Table()).rules.get(chain, [])
+
+        def same(rule: str) -> bool:
+            return (
+                rule == text
+                if kind == "foreign"
+                else is_legacy(rule) and untag_legacy(rule) == text
+            )
+
+        if sum(map(same, now)) >= sum(map(same, was)):
+            return
+        original = next(r for r in was if same(r))
+        before_it = was[: was.index(original)]
+        position = sum(1 for r in now if r in before_it)
+        self._table(table).hook.append(f"-I {chain} {position + 1} {original}")
+
+
+def live_rules(snapshot: Snapshot, family: str, table: str, chain: str) -> list[str] | None:
+    """The rules of a chain in a snapshot (None: no such chain): for tests and import."""
+    return _parsed(snapshot).get(family, {}).get(table, Table()).rules.get(chain)

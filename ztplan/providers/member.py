@@ -17,12 +17,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import JsonValue
-
+from ztplan.address import Address
 from ztplan.api import ApiClient, NotFound, read_token
 from ztplan.errors import ControllerError, ZtplanError
 from ztplan.host import Host
-from ztplan.model import Address, Change, Finding, Resource, Snapshot
+from ztplan.model import Change, Finding, Resource, Snapshot
 from ztplan.providers.sysctl import key_path
 from ztplan.spec import Member as MemberSpec
 from ztplan.spec import Spec
@@ -45,7 +44,7 @@ _LOOSE = "set sysctl net.ipv4.conf.all.rp_filter: 2 (loose)"
 
 
 def flag_address(nwid: str, flag: str) -> Address:
-    return f'member.network["{nwid}"].{flag}'
+    return Address.of("member", "network").item(nwid).dot(flag)
 
 
 def member_client(member: MemberSpec, http_client: httpx.Client) -> ApiClient:
@@ -216,13 +215,7 @@ class Member:
                 "(the service answered 200 but ignored them)"
             )
 
-    def apply(
-        self,
-        host: Host,
-        changes: Sequence[Change],
-        desired: Mapping[Address, JsonValue],
-        before: Snapshot | None = None,
-    ) -> None:
+    def apply(self, host: Host, changes: Sequence[Change], before: Snapshot) -> None:
         by_network: dict[str, dict[str, bool]] = {}
         for change in changes:
             match = _ADDRESS.fullmatch(change.address)
@@ -233,9 +226,16 @@ class Member:
             self._get(nwid)  # GET first: a POST to a network not joined would join it
             self._post(nwid, flags)
 
-    def rollback(self, host: Host, before: Snapshot) -> None:
+    def rollback(self, host: Host, before: Snapshot, changes: Sequence[Change]) -> None:
         raw = before.raw if isinstance(before.raw, dict) else {}
+        touched: dict[str, set[str]] = {}
+        for change in changes:
+            match = _ADDRESS.fullmatch(change.address)
+            if match is not None:
+                touched.setdefault(match[1], set()).add(match[2])
         for nwid, old in raw.get("networks", {}).items():
+            if nwid not in touched:
+                continue
             try:
                 now = self._get(nwid)
             except ControllerError as error:
@@ -245,7 +245,7 @@ class Member:
             flags = {
                 f: old[k]
                 for f, k in FLAGS.items()
-                if isinstance(old.get(k), bool) and now.get(k) is not old[k]
+                if f in touched[nwid] and isinstance(old.get(k), bool) and now.get(k) is not old[k]
             }
             if flags:
                 self._post(nwid, flags)

@@ -26,9 +26,10 @@ from typing import Any, ClassVar
 
 from pydantic import JsonValue
 
+from ztplan.address import Address
 from ztplan.errors import LiveReadError
 from ztplan.host import Host
-from ztplan.model import Address, Change, Finding, Resource, Snapshot, digest_of
+from ztplan.model import Action, Change, Finding, Resource, Snapshot, digest_of
 from ztplan.ndppd_conf import NdppdConf, NdppdConfError, Proxy, Rule, format_ndppd_conf
 from ztplan.ndppd_conf import parse_ndppd_conf as parse
 from ztplan.spec import Spec
@@ -36,15 +37,16 @@ from ztplan.spec import Spec
 __all__ = ["Ndppd"]
 
 
+DAEMON = Address("ndppd.daemon")
 _PROXY = re.compile(r'ndppd\.proxy\["([^"]+)"\]')
 
 
 def _proxy_address(interface: str) -> Address:
-    return f'ndppd.proxy["{interface}"]'
+    return Address.of("ndppd", "proxy").item(interface)
 
 
 def _rule_address(interface: str, prefix: str) -> Address:
-    return f'ndppd.proxy["{interface}"].rule["{prefix}"]'
+    return _proxy_address(interface).dot("rule").item(prefix)
 
 
 def rule_method(rule: Rule) -> str:
@@ -89,8 +91,12 @@ def _resources(conf: NdppdConf, owned: bool) -> dict[Address, Resource]:
         order: list[JsonValue] = [
             str(ipaddress.ip_network(r.prefix, strict=False)) for r in proxy.rules
         ]
-        out[f"{address}.rules"] = Resource(
-            f"{address}.rules", order, owned=False, relative_order=True
+        out[address.dot("rules")] = Resource(
+            address.dot("rules"),
+            order,
+            owned=False,
+            relative_order=True,
+            members=address.dot("rule"),
         )
         for rule, prefix in zip(proxy.rules, order, strict=True):
             rule_address = _rule_address(proxy.interface, str(prefix))
@@ -98,15 +104,48 @@ def _resources(conf: NdppdConf, owned: bool) -> dict[Address, Resource]:
     return out
 
 
+def _changed(before: Snapshot, changes: Sequence[Change]) -> dict[Address, JsonValue]:
+    """The live resource values with `changes` made: what the file holds after apply. A
+    new rule goes right after the rule it `follows` in its proxy's order."""
+    values: dict[Address, JsonValue] = {a: r.value for a, r in before.resources.items()}
+    for change in changes:
+        if change.action is Action.DELETE:
+            values.pop(change.address, None)
+        else:
+            values[change.address] = change.after
+    for change in changes:
+        proxy = _PROXY.match(change.address)
+        if change.action is not Action.CREATE or proxy is None or change.follows is None:
+            continue
+        key = change.address.key
+        if key is None or change.address.names[-1:] != ("rule",):
+            continue
+        order_at = _proxy_address(proxy.group(1)).dot("rules")
+        order = [str(p) for p in _as_list(values.get(order_at))]
+        if key not in order:
+            order.insert(order.index(change.follows) + 1 if change.follows in order else 0, key)
+        values[order_at] = list[JsonValue](order)
+    for address in [a for a in values if a.names[-1:] == ("rules",)]:
+        proxy = _PROXY.match(address)
+        interface = proxy.group(1) if proxy else ""
+        kept = [p for p in _as_list(values[address]) if _rule_address(interface, str(p)) in values]
+        values[address] = kept
+    return values
+
+
+def _as_list(value: JsonValue | None) -> list[JsonValue]:
+    return value if isinstance(value, list) else []
+
+
 def _to_conf(desired: Mapping[Address, JsonValue]) -> NdppdConf:
-    """Desired resource values back into a config (apply writes the whole file)."""
+    """Resource values back into a config (apply writes the whole file)."""
     proxies = []
     for address, options in desired.items():
         match = _PROXY.fullmatch(address)
         if match is None:
             continue
         interface = match.group(1)
-        order = desired.get(f"{address}.rules")
+        order = desired.get(address.dot("rules"))
         rules = []
         for prefix in order if isinstance(order, list) else []:
             method, _, iface = str(desired[_rule_address(interface, str(prefix))]).partition(":")
@@ -160,7 +199,7 @@ class Ndppd:
 
     def desired(self, spec: Spec) -> dict[Address, Resource]:
         out = _resources(_spec_conf(spec), owned=True)
-        out["ndppd.daemon"] = Resource("ndppd.daemon", "running")
+        out[DAEMON] = Resource(DAEMON, "running")
         return out
 
     def read(self, host: Host) -> Snapshot:
@@ -174,7 +213,7 @@ class Ndppd:
             ) from None
         resources = _resources(conf, owned=True)
         daemon = self._daemon_state(host, path, conf)
-        resources["ndppd.daemon"] = Resource("ndppd.daemon", daemon, owned=False)
+        resources[DAEMON] = Resource(DAEMON, daemon, owned=False)
         raw = {"path": path, "text": text, "daemon": daemon, "interfaces": sorted(host.addresses())}
         return Snapshot.of(resources, raw=raw)
 
@@ -232,23 +271,18 @@ class Ndppd:
                     )
         return findings
 
-    def apply(
-        self,
-        host: Host,
-        changes: Sequence[Change],
-        desired: Mapping[Address, JsonValue],
-        before: Snapshot | None = None,
-    ) -> None:
+    def apply(self, host: Host, changes: Sequence[Change], before: Snapshot) -> None:
         path = self._config(host)
-        if any(c.address != "ndppd.daemon" for c in changes):
-            text = format_ndppd_conf(_to_conf(desired))
+        if any(c.address != DAEMON for c in changes):
+            text = format_ndppd_conf(_to_conf(_changed(before, changes)))
             try:
                 host.write_file(path, text, 0o644)
             except OSError as error:
                 raise LiveReadError(self.name, f"cannot write {path} ({error.strerror})") from None
         self.restart(host, path)
 
-    def rollback(self, host: Host, before: Snapshot) -> None:
+    def rollback(self, host: Host, before: Snapshot, changes: Sequence[Change]) -> None:
+        """ztplan owns the whole file: put it back as it was, and the daemon as it was."""
         raw = before.raw if isinstance(before.raw, dict) else {}
         path = str(raw.get("path", self._config(host)))
         text = raw.get("text")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
-from pydantic import JsonValue
-
+from ztplan.address import Address
 from ztplan.errors import LiveReadError
 from ztplan.host import Host
-from ztplan.model import Address, Change, Finding, Resource, Snapshot
+from ztplan.model import Change, Finding, Resource, Snapshot
 from ztplan.spec import Spec
 
 __all__ = ["Sysctl", "key_path"]
@@ -40,7 +39,7 @@ def normalise_value(value: object) -> str:
 
 
 def _address(key: str) -> Address:
-    return f'sysctl["{key}"]'
+    return Address.of("sysctl").item(key)
 
 
 class Sysctl:
@@ -80,15 +79,9 @@ class Sysctl:
     def check(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
         return []
 
-    def apply(
-        self,
-        host: Host,
-        changes: Sequence[Change],
-        desired: Mapping[Address, JsonValue],
-        before: Snapshot | None = None,
-    ) -> None:
+    def apply(self, host: Host, changes: Sequence[Change], before: Snapshot) -> None:
         for change in changes:
-            key = change.address[len('sysctl["') : -2]
+            key = str(change.address.key)
             try:
                 host.write_proc(key_path(key), str(change.after).replace(" ", "\t") + "\n")
             except OSError as error:
@@ -96,10 +89,13 @@ class Sysctl:
                     self.name, f"{key}: cannot write {change.after!r} ({error.strerror})"
                 ) from None
 
-    def rollback(self, host: Host, before: Snapshot) -> None:
+    def rollback(self, host: Host, before: Snapshot, changes: Sequence[Change]) -> None:
         raw = before.raw if isinstance(before.raw, dict) else {}
         failed = []
+        touched = {str(c.address.key) for c in changes}
         for key, value in raw.items():
+            if key not in touched:
+                continue
             try:
                 if normalise_value(host.read_proc(key_path(key))) != value:
                     host.write_proc(key_path(key), str(value).replace(" ", "\t") + "\n")

@@ -4,13 +4,40 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import JsonValue
 
-from ztplan.model import Action, Change, Plan, SpecSource
+from ztplan.model import Action, ApplyOutcome, Change, DriftReport, Plan, SpecSource
 
-__all__ = ["HumanReporter", "drift_lines", "render_plan", "render_source", "summary_line"]
+if TYPE_CHECKING:
+    from ztplan.state import StateFile
+
+__all__ = [
+    "HumanReporter",
+    "drift_lines",
+    "render_outcome",
+    "render_plan",
+    "render_source",
+    "render_states",
+    "summary_line",
+    "value_text",
+]
+
+
+class _Step(Protocol):
+    provider: str
+    phase: str
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def changes(self) -> Sequence[Change]: ...
+
 
 _SYMBOL = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-", Action.REPLACE: "-/+"}
 _COLOUR = {Action.CREATE: "32", Action.UPDATE: "33", Action.DELETE: "31", Action.REPLACE: "35"}
@@ -22,6 +49,19 @@ def _paint(text: str, code: str, color: bool) -> str:
 
 def _value(value: JsonValue) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def value_text(change: Change) -> str:
+    """before -> after in one line (a list: what comes and goes), for drift lines."""
+    if change.action is Action.CREATE:
+        return f" = {_value(change.after)}" if not change.address.endswith("]") else ""
+    if change.action is Action.DELETE:
+        return ""
+    if isinstance(change.before, list) and isinstance(change.after, list) and not change.reason:
+        was, now = [_value(x) for x in change.before], [_value(x) for x in change.after]
+        parts = [f"+{x}" for x in now if x not in was] + [f"-{x}" for x in was if x not in now]
+        return ": " + ", ".join(parts)
+    return f": {_value(change.before)} -> {_value(change.after)}"
 
 
 def render_source(source: SpecSource) -> str:
@@ -77,14 +117,22 @@ def _change_lines(change: Change, color: bool) -> list[str]:
     return lines
 
 
+def where(plan: Plan) -> str:
+    """The host (and namespace) a plan was read on: `gw1 on host vm (netns ztplan-sandbox)`."""
+    host = f" on host {plan.host}" if plan.host else ""
+    return plan.target + host + (f" (netns {plan.netns})" if plan.netns else "")
+
+
 def render_plan(plan: Plan, color: bool = False) -> str:
-    target = plan.target + (f" (netns {plan.netns})" if plan.netns else "")
-    out = [f"Spec: {render_source(plan.spec)}", f"Target: {target}", ""]
+    out = [f"Spec: {render_source(plan.spec)}", f"Target: {where(plan)}"]
+    if plan.controller_url:
+        out.append(f"Controller: {plan.controller_url}")
+    out.append("")
     for finding in plan.findings:
         label = "Error" if finding.severity == "error" else "Warning"
         code = "31;1" if finding.severity == "error" else "33;1"
-        where = f"{finding.address}: " if finding.address else ""
-        out.append(_paint(f"{label}: ", code, color) + where + finding.message)
+        about = f"{finding.address}: " if finding.address else ""
+        out.append(_paint(f"{label}: ", code, color) + about + finding.message)
     if plan.findings:
         out.append("")
     if not plan.changes and plan.errors:
@@ -112,28 +160,91 @@ def render_plan(plan: Plan, color: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
-def drift_lines(plan: Plan) -> str:
-    """One line per drifted resource, for cron mail and CI logs."""
-    return "".join(
-        f"drift: {plan.target}: {_SYMBOL[c.action]} {c.address}"
+def drift_lines(report: DriftReport) -> str:
+    """One line per drifted resource, with before -> after, for cron mail and CI logs."""
+    plan = report.plan
+    if plan is None:
+        return ""
+    lines = [
+        f"drift: {plan.target}: {_SYMBOL[c.action]} {c.address}{value_text(c)}"
         + (f" ({c.reason})" if c.reason else "")
-        + "\n"
         for c in plan.changes
-    )
+    ]
+    lines += [
+        f"drift: {plan.target}: {f.severity}: {f.address + ': ' if f.address else ''}{f.message}"
+        for f in plan.findings
+        if f.severity == "error"
+    ]
+    return "".join(line + "\n" for line in lines)
+
+
+def render_outcome(outcome: ApplyOutcome, color: bool = False) -> str:
+    if outcome.confirm_by is not None:
+        return f"Apply complete. State serial {outcome.serial} written (not confirmed yet).\n"
+    if outcome.serial is None:
+        return ""
+    return _paint(f"Apply complete. State serial {outcome.serial} written.", "32;1", color) + "\n"
+
+
+def render_states(states: Sequence[StateFile]) -> str:
+    """`show --state`: one short paragraph per target."""
+    out = []
+    for state in states:
+        kinds: dict[str, int] = {}
+        for address in state.resources:
+            provider = address.partition(".")[0].partition("[")[0]
+            kinds[provider] = kinds.get(provider, 0) + 1
+        owned = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "nothing"
+        out += [
+            f"{state.target}: serial {state.serial}, applied {state.applied_at}"
+            + (f" in netns {state.netns}" if state.netns else ""),
+            f"  spec: {render_source(state.spec)}",
+            f"  manages: {owned}",
+        ]
+        claims = [f"{k} = {v}" for k, v in state.claims.items()]
+        if claims:
+            out.append(f"  holds: {'; '.join(claims)}")
+        out.append("")
+    return "\n".join(out)
 
 
 class HumanReporter:
-    """Apply progress on stderr, one line a step."""
+    """Apply progress on stderr, one line a step; a step that takes a while says so
+    (after 2 s, then every 10 s), as Terraform's "Still creating..." does."""
 
-    def __init__(self, color: bool = False) -> None:
+    def __init__(self, color: bool = False, first: float = 2.0, every: float = 10.0) -> None:
         self.color = color
+        self.first = first
+        self.every = every
+        self._done = threading.Event()
+        self._ticker: threading.Thread | None = None
 
-    def step_started(self, provider: str, changes: Sequence[Change]) -> None:
-        print(f"{provider}: applying {len(changes)} change(s)...", file=sys.stderr)
+    def _tick(self, name: str, started: float) -> None:
+        wait = self.first
+        while not self._done.wait(wait):
+            elapsed = int(time.monotonic() - started)
+            print(f"{name}: still applying... {elapsed} s elapsed", file=sys.stderr)
+            wait = self.every
 
-    def step_done(self, provider: str, changes: Sequence[Change]) -> None:
-        print(_paint(f"{provider}: done", "32", self.color), file=sys.stderr)
+    def step_started(self, step: _Step) -> None:
+        print(f"{step.name}: applying {len(step.changes)} change(s)...", file=sys.stderr)
+        self._done = threading.Event()
+        self._ticker = threading.Thread(
+            target=self._tick, args=(step.name, time.monotonic()), daemon=True
+        )
+        self._ticker.start()
 
-    def rolled_back(self, provider: str, ok: bool) -> None:
-        text = f"{provider}: rolled back" if ok else f"{provider}: ROLLBACK FAILED"
+    def _stop(self) -> None:
+        self._done.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+
+    def step_done(self, step: _Step) -> None:
+        self._stop()
+        print(_paint(f"{step.name}: done", "32", self.color), file=sys.stderr)
+
+    def rolled_back(self, step: _Step, ok: bool) -> None:
+        self._stop()
+        text = f"{step.name}: rolled back" if ok else f"{step.name}: NOT rolled back"
         print(_paint(text, "33" if ok else "31;1", self.color), file=sys.stderr)

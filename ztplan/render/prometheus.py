@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from ztplan.model import Plan
+from ztplan.model import DriftReport
 
 __all__ = ["render_metrics"]
 
@@ -15,15 +15,10 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render_metrics(
-    target: str,
-    plan: Plan | None,
-    checked_at: float,
-    applied_at: str | None,
-    applied_commit: str | None,
-) -> str:
-    """`plan` None means the check failed: success 0, and no drift counts to trust."""
-    t = f'target="{_label(target)}"'
+def render_metrics(report: DriftReport, applied_at: str | None, applied_commit: str | None) -> str:
+    """A report without a plan means the check failed: success 0, and no drift counts."""
+    t = f'target="{_label(report.target)}"'
+    plan, checked_at = report.plan, report.checked_at
     lines = [
         "# HELP ztplan_check_success Whether the last drift check of the target worked.",
         "# TYPE ztplan_check_success gauge",

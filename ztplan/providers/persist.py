@@ -1,14 +1,17 @@
-"""Boot persistence: after apply, the live firewall and sysctls are saved where the
-distribution restores them at boot and ndppd is enabled at boot; the plan shows *boot
-drift*, live state that a reboot would lose or change.
+"""Boot persistence as a provider: the boot files are resources.
+
+After apply, the live firewall and sysctls are saved where the distribution restores them
+at boot, and ndppd is enabled at boot; the plan shows *boot drift*, live state that a
+reboot would lose or change.
 
 What boots must be what runs, foreign rules (Docker, fail2ban) included: netfilter-persistent
-and iptables-services restore a whole ruleset. So the files depend on the live state, not
-only on the spec, and this is no Provider (`desired(spec)` could not say what they hold):
-`make_plan` asks `Persist.changes` with the snapshots it has just read; `apply_plan` ends
-with `Persist.save`, which saves afresh once every other step has run. ndppd is enabled at
-boot only where systemd runs it (root `/`, no netns, no `pidfile`); elsewhere ztplan starts
-ndppd itself and nothing is recorded for boot.
+and iptables-services restore a whole ruleset. So a boot file's desired content is the live
+state of the firewall and sysctl providers, not the spec: this provider is built with
+those providers and with the run's `PlanContext` (their snapshots and planned changes,
+filled in by `make_plan` before this provider, which comes last, is asked). A file whose
+source has planned changes is "the live state after apply": apply saves it from a fresh
+read, once every other step has run. ndppd is enabled at boot only where systemd runs it
+(root `/`, no netns, no `pidfile`); elsewhere ztplan starts ndppd itself.
 
 Addresses: persist["etc/iptables/rules.v4"] (relative to the root dir), persist["ndppd.service"].
 """
@@ -16,26 +19,30 @@ Addresses: persist["etc/iptables/rules.v4"] (relative to the root dir), persist[
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shlex
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 from pydantic import JsonValue
 
+from ztplan.address import Address
 from ztplan.errors import LiveReadError
 from ztplan.host import Host
-from ztplan.model import Action, Change, Finding, Snapshot
-from ztplan.providers import Provider
-from ztplan.providers.firewall import parse_save
+from ztplan.iptables import parse_save
+from ztplan.model import Change, Finding, PlanContext, Resource, Snapshot
+from ztplan.providers.base import Provider
 from ztplan.spec import Spec
 from ztplan.state import write_atomic
 
-__all__ = ["BootFile", "Persist", "boot_drift", "boot_files", "detect_kind", "make_persist"]
-__all__ += ["restore_boot_files", "write_boot_files"]
+__all__ = ["AFTER_APPLY", "BootFile", "Persist", "boot_files", "detect_kind", "make_persist"]
+
+AFTER_APPLY = "the live state after apply"
+"""The desired value of a boot file whose source the plan changes."""
 
 FIREWALL_FILES = {
     "debian": ("etc/iptables/rules.v4", "etc/iptables/rules.v6", 0o640),
@@ -147,22 +154,6 @@ def _meaning(file: BootFile, text: str) -> tuple[object, set[str], JsonValue]:
     return tables, items, f"{count} rules ({', '.join(sorted(tables)) or 'no tables'})"
 
 
-def _change(
-    name: str, before: JsonValue, after: JsonValue, reason: str, detail: Any = ()
-) -> Change:
-    """`before` None: the file is missing (a create)."""
-    action = Action.CREATE if before is None else Action.UPDATE
-    return Change(
-        address=f'persist["{name}"]',
-        provider="persist",
-        action=action,
-        before=before,
-        after=after,
-        reason=reason,
-        detail=list(detail),
-    )
-
-
 def _read(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
@@ -172,35 +163,52 @@ def _read(path: Path) -> str | None:
         raise LiveReadError("persist", f"cannot read {path} ({error.strerror})") from None
 
 
-def boot_drift(files: Sequence[BootFile]) -> list[Change]:
-    """A change per file whose content on disk differs by meaning from what it should be
-    (a missing file counts as empty: nothing live is lost when nothing is there)."""
-    changes = []
-    for file in files:
-        on_disk = _read(file.path)
-        have, have_items, before = _meaning(file, on_disk or "")
-        want, want_items, after = _meaning(file, file.text)
-        if have == want:
-            continue
-        added, removed = sorted(want_items - have_items), sorted(have_items - want_items)
-        what = "values" if file.source == "sysctl" else "rules"
-        lost = on_disk is None or bool(added)
-        reason = f"live {what} would be lost at reboot" if lost else "would change at reboot"
-        detail = [f"+ {i}" for i in added] + [f"- {i}" for i in removed] or ["order differs"]
-        detail = detail[:10] + [f"... {len(detail) - 10} more"] * (len(detail) > 10)
-        before = None if on_disk is None else before
-        changes.append(_change(file.name, before, after, reason, detail))
-    return changes
+def _holds(file: BootFile, text: str | None) -> str:
+    """A boot file's resource value: what it holds by meaning, and a digest of that meaning
+    (so `==` is "boots the same"; a missing file boots the same as an empty one)."""
+    meaning, _, summary = _meaning(file, text or "")
+    digest = hashlib.sha256(_canonical(meaning).encode()).hexdigest()[:12]
+    return f"{_summary(summary)} [{digest}]"
+
+
+def _canonical(meaning: object) -> str:
+    """The meaning as text that is equal exactly when the meanings are (tables and keys in
+    any order: what a restore of them does is the same)."""
+    if isinstance(meaning, dict):
+        return repr(sorted((k, _canonical(v)) for k, v in meaning.items()))
+    if hasattr(meaning, "policies") and hasattr(meaning, "rules"):
+        return repr((sorted(meaning.policies.items()), sorted(meaning.rules.items())))
+    return repr(meaning)
+
+
+def _summary(value: JsonValue) -> str:
+    if isinstance(value, dict):
+        return f"{len(value)} values"
+    return str(value)
+
+
+def _drift(file: BootFile, on_disk: str | None) -> tuple[str, tuple[str, ...]]:
+    """(why the file would change, the items it gains and loses) against the live state."""
+    _, have, _ = _meaning(file, on_disk or "")
+    _, want, _ = _meaning(file, file.text)
+    added, removed = sorted(want - have), sorted(have - want)
+    what = "values" if file.source == "sysctl" else "rules"
+    lost = on_disk is None or bool(added)
+    reason = f"live {what} would be lost at reboot" if lost else "would change at reboot"
+    detail = [f"+ {i}" for i in added] + [f"- {i}" for i in removed] or ["order differs"]
+    detail = detail[:10] + [f"... {len(detail) - 10} more"] * (len(detail) > 10)
+    return reason, tuple(detail)
 
 
 def write_boot_files(files: Sequence[BootFile]) -> Previous:
     """Write (atomically) each file that differs by meaning; all or nothing. Returns what
     each written file was before, for `restore_boot_files` (a later step failing)."""
-    drifted = {c.address for c in boot_drift(files)}
     previous: Previous = {}
-    for file in (f for f in files if f'persist["{f.name}"]' in drifted):
+    for file in files:
+        old = _read(file.path)
+        if _holds(file, old) == _holds(file, file.text):
+            continue
         try:
-            old = _read(file.path)
             mode = stat.S_IMODE(file.path.stat().st_mode) if old is not None else 0
             write_atomic(file.path, file.text, file.mode)  # a failed write leaves the old file
             previous[file.path] = None if old is None else (old, mode)
@@ -224,60 +232,127 @@ def restore_boot_files(previous: Previous) -> None:
             write_atomic(path, *old)
 
 
-@dataclass(frozen=True)
+def _address(name: str) -> Address:
+    return Address.of("persist").item(name)
+
+
 class Persist:
-    """Where a run persists to: `kind` debian | redhat under `root`; `ndppd`: enable
-    ndppd.service at boot (systemd, root `/`, no netns, no pidfile)."""
+    """Boot files for `kind` (debian | redhat) under `root`; `ndppd`: enable ndppd.service
+    at boot. `sources` are the run's firewall and sysctl providers (read afresh to save)."""
 
-    kind: str
-    root: Path
-    ndppd: bool = False
+    name: ClassVar[str] = "persist"
 
-    def files(self, snapshots: Mapping[str, Snapshot]) -> list[BootFile]:
+    def __init__(
+        self,
+        kind: str,
+        root: Path,
+        context: PlanContext,
+        sources: Sequence[Provider] = (),
+        ndppd: bool = False,
+        findings: Sequence[Finding] = (),
+    ) -> None:
+        self.kind = kind
+        self.root = root
+        self.context = context
+        self.sources = {p.name: p for p in sources if p.name in ("firewall", "sysctl")}
+        self.ndppd = ndppd
+        self.findings = list(findings)
+
+    def manages(self, spec: Spec) -> bool:
+        return self.kind in FIREWALL_FILES
+
+    def _files(self, snapshots: Mapping[str, Snapshot]) -> list[BootFile]:
         raw = {n: s.raw for n, s in snapshots.items() if isinstance(s.raw, dict)}
         # The sysctl file is ztplan's own: with no sysctl in the spec it should hold none.
         return boot_files(self.kind, self.root, raw.get("firewall"), raw.get("sysctl", {}))
 
-    def changes(
-        self, host: Host, snapshots: Mapping[str, Snapshot], planned: Sequence[Change]
-    ) -> list[Change]:
-        """The plan's persist part, from the snapshots make_plan has just read: boot drift,
-        except for a file whose source the plan changes (its drift now says nothing): that
-        one is written after apply."""
-        out = []
-        for file in self.files(snapshots):
-            if any(c.address.startswith((f"{file.source}.", f"{file.source}[")) for c in planned):
-                on_disk = _read(file.path)
-                before = None if on_disk is None else _meaning(file, on_disk)[2]
-                out.append(
-                    _change(file.name, before, "the live state after apply", "saved after apply")
-                )
+    def desired(self, spec: Spec) -> dict[Address, Resource]:
+        """What each boot file should hold: the live state just read (the context's
+        snapshots), or AFTER_APPLY where the plan changes its source. Reads the files
+        themselves, to say what a reboot would lose."""
+        out: dict[Address, Resource] = {}
+        for file in self._files(self.context.snapshots):
+            address = _address(file.name)
+            on_disk = _read(file.path)
+            if any(c.address.within(file.source) for c in self.context.changes):
+                out[address] = Resource(address, AFTER_APPLY, reason="saved after apply")
+                continue
+            value = _holds(file, file.text)
+            if value == _holds(file, on_disk):
+                if on_disk is not None:  # missing and meant to hold nothing: nothing to say
+                    out[address] = Resource(address, value)
             else:
-                out.extend(boot_drift([file]))
-        if self.ndppd and host.run(["systemctl", "is-enabled", "ndppd"]).returncode != 0:
-            out.append(_change("ndppd.service", "disabled", "enabled", "would not start at boot"))
+                reason, detail = _drift(file, on_disk)
+                out[address] = Resource(address, value, reason=reason, detail=detail)
+        if self.ndppd:
+            address = _address("ndppd.service")
+            out[address] = Resource(address, "enabled", reason="would not start at boot")
         return out
 
-    def save(self, host: Host, providers: Sequence[Provider]) -> Previous:
-        """After every other step: read afresh (one `*-save` per family, the sysctl keys),
-        write the files that differ and enable ndppd. All or nothing: on failure the files
-        are put back before raising. Returns what `restore_boot_files` needs."""
-        fresh = {p.name: p.read(host) for p in providers if p.name in ("firewall", "sysctl")}
-        previous = write_boot_files(self.files(fresh))
+    def read(self, host: Host) -> Snapshot:
+        resources: dict[Address, Resource] = {}
+        raw: dict[str, JsonValue] = {}
+        for file in self._files(self.context.snapshots):
+            address = _address(file.name)
+            text = _read(file.path)
+            if text is not None:
+                resources[address] = Resource(address, _holds(file, text), owned=False)
+            mode = stat.S_IMODE(file.path.stat().st_mode) if text is not None else None
+            raw[file.name] = None if text is None else [text, mode]
         if self.ndppd:
+            address = _address("ndppd.service")
+            enabled = host.run(["systemctl", "is-enabled", "ndppd"]).returncode == 0
+            resources[address] = Resource(
+                address, "enabled" if enabled else "disabled", owned=False
+            )
+            raw["ndppd.service"] = "enabled" if enabled else "disabled"
+        return Snapshot.of(resources, raw=raw)
+
+    def check(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
+        return list(self.findings)
+
+    def apply(self, host: Host, changes: Sequence[Change], before: Snapshot) -> None:
+        """Save afresh (one `*-save` per family, the sysctl keys) the files the changes
+        name, and enable ndppd. All or nothing: on failure the files are put back."""
+        names = {c.address.key for c in changes}
+        fresh = {name: p.read(host) for name, p in self.sources.items()}
+        files = [f for f in self._files(fresh) if f.name in names]
+        previous = write_boot_files(files)
+        if self.ndppd and "ndppd.service" in names:
             done = host.run(["systemctl", "enable", "ndppd"])
             if done.returncode != 0:
                 restore_boot_files(previous)
                 raise LiveReadError("persist", f"systemctl enable ndppd: {done.stderr.strip()}")
-        return previous
+
+    def rollback(self, host: Host, before: Snapshot, changes: Sequence[Change]) -> None:
+        """Put back the files the changes name as `before` read them (from its raw alone:
+        a revert has no plan, and so no context)."""
+        raw = before.raw if isinstance(before.raw, dict) else {}
+        names = {c.address.key for c in changes}
+        previous: Previous = {}
+        for name, old in raw.items():
+            if name in names and name != "ndppd.service":
+                path = self.root / name
+                previous[path] = (
+                    (str(old[0]), int(old[1] or 0o644)) if isinstance(old, list) else None
+                )
+        restore_boot_files(previous)
+        if "ndppd.service" in names and raw.get("ndppd.service") == "disabled":
+            host.run(["systemctl", "disable", "ndppd"])
 
 
 def make_persist(
-    setting: str, root: Path, spec: Spec, netns: str | None
-) -> tuple[Persist | None, list[Finding]]:
-    """The run's persistence from the spec's `persist` and `--root`, and findings about it:
-    a boot file (netfilter-persistent's, say) a reboot would restore instead of the rules
-    ztplan applies, a missing restorer, a namespace that would overwrite the host's files."""
+    setting: str,
+    root: Path,
+    spec: Spec,
+    netns: str | None,
+    context: PlanContext,
+    sources: Sequence[Provider],
+) -> Persist | None:
+    """The run's persistence from the spec's `persist` and `--root`, with its findings: a
+    boot file (netfilter-persistent's, say) a reboot would restore instead of the rules
+    ztplan applies, a missing restorer, a namespace that would overwrite the host's files.
+    None when there is nothing to persist and nothing to say."""
     kind = detect_kind(root) if setting == "auto" else setting
     firewall = netns is None and spec.firewall is not None  # a namespace is not booted
     found = [n for v4, v6, _ in FIREWALL_FILES.values() for n in (v4, v6) if (root / n).exists()]
@@ -289,14 +364,18 @@ def make_persist(
     if kind in RESTORERS and firewall and not (root / RESTORERS[kind][1]).exists():
         said.append(f"{RESTORERS[kind][0]} is not installed: nothing restores the rules at boot")
     findings = [Finding(severity="warning", message=m, address="persist") for m in said]
-    if kind not in FIREWALL_FILES:
-        return None, findings
-    if netns is not None and root.resolve() == Path("/"):
-        message = (
-            f"{kind} with --netns would make the namespace's rules this host's boot "
-            "firewall; pass --root DIR, or set persist: none"
+    if kind in FIREWALL_FILES and netns is not None and root.resolve() == Path("/"):
+        findings.append(
+            Finding(
+                severity="error",
+                address="persist",
+                message=f"{kind} with --netns would make the namespace's rules this host's "
+                "boot firewall; pass --root DIR, or set persist: none",
+            )
         )
-        return None, [*findings, Finding(severity="error", message=message, address="persist")]
+        kind = "none"
+    if kind not in FIREWALL_FILES and not findings:
+        return None
     on_systemd = root.resolve() == Path("/") and os.path.isdir("/run/systemd/system")
     ndppd = spec.ndppd is not None and spec.ndppd.pidfile is None and netns is None and on_systemd
-    return Persist(kind, root, ndppd), findings
+    return Persist(kind, root, context, sources, ndppd and kind in FIREWALL_FILES, findings)
