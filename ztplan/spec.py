@@ -493,7 +493,8 @@ class Network(_Model):
         default=None,
         description="MTU of the members' ZeroTier interface, 1280 to 10000. ZeroTier's "
         "default, 2800, is more than a 1500-byte WAN link carries: TCP through the gateway "
-        "can stall where path MTU discovery fails; 1500 avoids that. Not set: not managed.",
+        "can stall where path MTU discovery fails, and the plan warns unless the gateway "
+        "clamps TCP MSS (a `TCPMSS` rule in mangle). 1500 avoids that. Not set: not managed.",
     )
     dns: Dns | None = Field(
         default=None,

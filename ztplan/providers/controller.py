@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
@@ -47,6 +48,8 @@ from ztplan.spec import Spec
 __all__ = ["DEFAULT_URLS", "Controller", "controller_client", "network_address", "normalise_routes"]
 
 DEFAULT_URLS = {kind: backend.default_url for kind, backend in BACKENDS.items()}
+WAN_MTU = 1500
+"""The WAN link an exit gateway usually has: a larger ZeroTier MTU needs TCP MSS clamping."""
 
 
 def network_address(nwid: str, field: str) -> Address:
@@ -72,6 +75,14 @@ def controller_client(spec: Spec, http_client: Any, base_url: str | None = None)
         what="controller",
         describe_error=backend.describe_error,
     )
+
+
+def _clamps_mss(spec: Spec, family: str) -> bool:
+    """Whether the spec has a TCPMSS rule in the family's mangle table."""
+    fam = getattr(spec.firewall, family, None) if spec.firewall else None
+    table = fam.mangle if fam else None
+    rules = [r for chain in (table.chains.values() if table else []) for r in chain.rules]
+    return any("TCPMSS" in shlex.split(rule) for rule in rules)
 
 
 class Controller:
@@ -138,7 +149,35 @@ class Controller:
         return Snapshot.of(resources, raw=live)
 
     def check(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
-        return []
+        """The MSS warning: on a gateway (a spec with a firewall), a network whose MTU is
+        more than a 1500-byte WAN link carries, and no TCPMSS rule in the mangle table of a
+        family the gateway forwards. Here rather than in checks.py because an MTU the spec
+        leaves unmanaged (ZeroTier's default 2800, the usual case) is only known live."""
+        if spec.firewall is None:
+            return []
+        raw = snapshot.raw if isinstance(snapshot.raw, dict) else {}
+        families = [
+            f for f in ("ipv4", "ipv6") if getattr(spec.firewall, f) and not _clamps_mss(spec, f)
+        ]
+        findings = []
+        for network in spec.networks:
+            mtu = network.mtu if network.mtu is not None else raw.get(network.id, {}).get("mtu")
+            if not families or not isinstance(mtu, int) or mtu <= WAN_MTU:
+                continue
+            default = " (ZeroTier's default)" if network.mtu is None and mtu == 2800 else ""
+            findings.append(
+                Finding(
+                    severity="warning",
+                    address=network_address(network.id, "mtu"),
+                    message=f"MTU {mtu}{default} is more than a {WAN_MTU}-byte WAN link "
+                    f"carries, and no TCPMSS rule in mangle clamps {' and '.join(families)} "
+                    "TCP: connections through this gateway can stall where path "
+                    f"MTU discovery fails; set the network's `mtu: {WAN_MTU}`, or add "
+                    "`-p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu` to mangle "
+                    "FORWARD",
+                )
+            )
+        return findings
 
     def _post(self, nwid: str, fields: Mapping[str, JsonValue]) -> None:
         self.api.post(self.backend.path(nwid), self.backend.body(fields))
