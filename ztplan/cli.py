@@ -576,6 +576,7 @@ def revert_at_deadline(
 
 class ControllerKind(StrEnum):
     central = "central"
+    central_v2 = "central-v2"
     local = "local"
 
 
@@ -647,7 +648,9 @@ def import_cmd(
                 raise ZtplanError(f"--controller-*: {error.errors()[0]['msg']}") from None
         if network:
             if controller is None:
-                raise ZtplanError("--network needs --controller-kind (central or local)")
+                raise ZtplanError(
+                    "--network needs --controller-kind (central, central-v2 or local)"
+                )
             from ztplan.api import shared_client
             from ztplan.plan import CONTROLLER_URL_ENV
             from ztplan.providers.controller import controller_client
