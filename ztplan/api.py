@@ -28,6 +28,11 @@ __all__ = ["ApiClient", "NotFound", "shared_client", "read_token"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
+ErrorWording = Callable[[int, str, bytes], "str | None"]
+"""(status, "METHOD URL", body) -> what follows "answered N: " in the one-line error, worded
+by the API's backend, or None for the default sentence (New Central's 400 details and key
+expiry: providers/controller_backend.py)."""
+
 
 class NotFound(ControllerError):
     """404: the caller knows what is missing (a network, a membership) and says so."""
@@ -85,6 +90,8 @@ class ApiClient:
     backoff: float = 0.5
     max_wait: float = 30.0
     sleep: Callable[[float], None] = field(default=time.sleep)
+    describe_error: ErrorWording | None = None
+    """This API's own wording of error answers; what it returns is scrubbed of the token."""
 
     def get(self, path: str) -> Any:
         return self._request("GET", path, None)
@@ -118,13 +125,18 @@ class ApiClient:
                     after = _retry_after(response.headers.get("Retry-After"))
                     wait = wait if after is None else after
                 else:
-                    raise self._error(status, where)
+                    raise self._error(status, where, response.content)
             if attempt < self.attempts:
                 self.sleep(min(wait, self.max_wait))
         raise ControllerError(f"{self.what}: {where} {problem}, {self.attempts} attempts", url=url)
 
-    def _error(self, status: int, where: str) -> ControllerError:
+    def _error(self, status: int, where: str, body: bytes = b"") -> ControllerError:
         url = where.split(" ", 1)[1]
+        worded = self.describe_error(status, where, body) if self.describe_error else None
+        if worded is not None:
+            return ControllerError(
+                self._scrub(f"{self.what}: {where} answered {status}: {worded}"), status, url
+            )
         if status == 401:
             return ControllerError(
                 f"{self.what}: {where} answered 401: the token was refused "
@@ -139,6 +151,15 @@ class ApiClient:
         if status == 404:
             return NotFound(f"{self.what}: {where} answered 404", 404, url)
         return ControllerError(f"{self.what}: {where} answered {status}", status, url)
+
+    def _scrub(self, text: str) -> str:
+        """`text` without the credentials in our headers: an error body is the server's words,
+        and a server may echo what it was sent."""
+        for value in self.headers.values():
+            for secret in {value, value.rsplit(" ", 1)[-1]}:
+                if len(secret) >= 6:
+                    text = text.replace(secret, "<redacted>")
+        return text
 
 
 @functools.cache

@@ -68,6 +68,7 @@ class DriftFormat(StrEnum):
 
 class ControllerKind(StrEnum):
     central = "central"
+    central_v2 = "central-v2"
     local = "local"
 
 

@@ -5,7 +5,8 @@
                side either open or only replies (stateful)
     sysctl     net.ipv4.ip_forward, net.ipv6.conf.all.forwarding
     ndppd      a proxy on the WAN interface for the members' prefix
-    controller the subnet, 0.0.0.0/0 via the gateway, the members' IPv6 prefix; the pool
+    controller the subnet, 0.0.0.0/0 via the gateway, the members' IPv6 prefix; the pool;
+               mtu and dns as given
 
 Resources written out beside the shorthand are kept; one written in both places is an
 error naming both, never a silent merge.
@@ -62,6 +63,10 @@ def gateway_parts(gw: Gateway) -> dict[str, Any]:
         if gw.ipv6.ndp_proxy is not None:
             rule = {"prefix": gw.ipv6.ndp_proxy.prefix, "method": gw.ipv6.ndp_proxy.method}
             proxies.append({"interface": wan, "rules": [rule]})
+    if gw.mtu is not None:
+        network["mtu"] = gw.mtu
+    if gw.dns is not None:
+        network["dns"] = gw.dns.model_dump()
     parts: dict[str, Any] = {"networks": [network], "firewall": firewall, "sysctl": sysctl}
     if proxies:
         parts["ndppd"] = {"proxies": proxies}

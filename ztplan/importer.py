@@ -225,17 +225,29 @@ def _ndppd(host: Host, config: str, pidfile: str | None, notes: _Notes) -> dict[
 def _networks(
     host: Host, networks: Sequence[str], controller: Controller, api: ApiClient
 ) -> list[dict[str, Any]]:
-    """Routes and pools of the networks, read by the controller provider."""
+    """Routes and pools of the networks, read by the controller provider (any kind), and
+    the mtu, dns and New Central subnets where they are not ZeroTier's defaults: a setting
+    left at its default is left unmanaged, as a hand-built gateway had it."""
     from ztplan.providers.controller import Controller as ControllerProvider
+    from ztplan.providers.controller_backend import NO_DNS
 
     if bad := [n for n in networks if not re.fullmatch(r"[0-9a-f]{16}", n)]:
         raise ZtplanError(f"{bad[0]!r} is not a ZeroTier network id (16 lowercase hex digits)")
     raw = ControllerProvider(api, controller.kind, list(networks)).read(host).raw
-    return [
-        {"id": nwid, "routes": [{k: v for k, v in r.items() if v} for r in live["routes"]]}
-        | {"ip_pools": live["ip_pools"]}
-        for nwid, live in raw.items()
-    ]
+    out = []
+    for nwid, live in raw.items():
+        network: dict[str, Any] = {
+            "id": nwid,
+            "routes": [{k: v for k, v in r.items() if v} for r in live["routes"]],
+            "ip_pools": live["ip_pools"],
+        }
+        if live.get("mtu") not in (None, 2800):
+            network["mtu"] = live["mtu"]
+        if live.get("dns", NO_DNS) != NO_DNS:
+            network["dns"] = live["dns"]
+        network |= {k: live[k] for k in ("v4_subnet", "v6_subnet") if live.get(k)}
+        out.append(network)
+    return out
 
 
 def _header(host: Host, when: datetime, notes: _Notes) -> str:

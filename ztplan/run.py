@@ -518,7 +518,7 @@ def import_host(
             raise ZtplanError(f"--controller-*: {error.errors()[0]['msg']}") from None
     if networks:
         if spec_controller is None:
-            raise ZtplanError("--network needs --controller-kind")
+            raise ZtplanError("--network needs --controller-kind (central, central-v2 or local)")
         from ztplan.api import shared_client
         from ztplan.providers import CONTROLLER_URL_ENV
         from ztplan.providers.controller import controller_client

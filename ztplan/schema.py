@@ -160,6 +160,8 @@ def _type(schema: dict[str, Any]) -> str:
         values = schema.get("additionalProperties")
         value_type = _type(values) if isinstance(values, dict) else "any"
         return f"mapping of name to {value_type}"
+    if kind == "integer" and "minimum" in schema and "maximum" in schema:
+        return f"integer {schema['minimum']} to {schema['maximum']}"
     if kind == "integer" and "minimum" in schema:
         return f"integer >= {schema['minimum']}"
     return str(kind or "any")

@@ -24,6 +24,7 @@ from pydantic import (
     PrivateAttr,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -113,6 +114,44 @@ def _ip_address(value: str) -> str:
 
 IpNetwork = Annotated[str, AfterValidator(_ip_network)]
 IpAddress = Annotated[str, AfterValidator(_ip_address)]
+
+MTU_RANGE = (1280, 10000)
+"""ZeroTier's ZT_MIN_MTU and ZT_MAX_MTU: the self-hosted controller clamps into this range
+without a word (CONTROLLER-API.md §1), so ztplan refuses anything outside it instead."""
+DNS_MAX_SERVERS = 4
+"""ZT_MAX_DNS_SERVERS: a member keeps only the first four servers of the pushed list."""
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _mtu(value: Any) -> int:
+    low, high = MTU_RANGE
+    # YAML reads `yes` as True and bool is an int: refuse both it and strings outright.
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(
+            f"an integer MTU from {low} to {high} (ZeroTier's limits), got {value!r}; "
+            "1500 or less for a gateway whose WAN link is 1500 bytes"
+        )
+    return value
+
+
+def _dns_domain(value: str) -> str:
+    # 127: the member's NetworkConfig holds the domain in 128 bytes, NUL included.
+    labels = value.split(".")
+    if value and (len(value.encode()) > 127 or not all(_DNS_LABEL.match(x) for x in labels)):
+        raise ValueError(
+            f"a DNS search domain like zt.example.com (labels of letters, digits and `-`, up "
+            f'to 63 characters each and 127 in all, no trailing dot), or "" for none; '
+            f"got {value!r}"
+        )
+    return value
+
+
+Mtu = Annotated[
+    int,
+    BeforeValidator(_mtu),
+    WithJsonSchema({"type": "integer", "minimum": MTU_RANGE[0], "maximum": MTU_RANGE[1]}),
+]
+DnsDomain = Annotated[str, AfterValidator(_dns_domain)]
 
 
 class _Model(BaseModel):
@@ -276,26 +315,40 @@ class Firewall(_Model):
 
 class Controller(_Model):
     """The network controller that holds the networks under `networks:`, and how to reach its
-    API. The token is never written in the spec: it is read from an environment variable or
-    a file, and never appears in output, plans or state."""
+    API. ZeroTier runs two hosted control planes side by side, Legacy Central
+    (my.zerotier.com, `kind: central`) and New Central (central.zerotier.com, `kind:
+    central-v2`); a self-hosted controller is `kind: local`. Use the one the network was
+    created in. New Central takes a service-account API key (Essential plan or above): create
+    a service account in the organisation and an API token for it, with an expiry date
+    (https://docs.zerotier.com/tokens/); the key is shown once. After that date New Central
+    refuses it, and plan and apply stop with `answered 401` (or 403) and a note that
+    service-account keys expire: create a new key and put it where `token_env` or
+    `token_file` points. The token is never written in the spec: it is read from an
+    environment variable or a file, and never appears in output, plans or state."""
 
-    kind: Literal["central", "local"] = Field(
-        description="`central`: ZeroTier Central (my.zerotier.com). `local`: a self-hosted "
-        "controller (zerotier-one's own controller API). Decides the API paths, how the token "
-        "is sent, and the defaults of `url`, `token_env` and `token_file`."
+    kind: Literal["central", "central-v2", "local"] = Field(
+        description="Which control plane holds the networks. `central`: Legacy Central "
+        "(my.zerotier.com, API v1), with a personal API token. `central-v2`: New Central "
+        "(central.zerotier.com, API v2), with a service-account API key, which expires. `local`: "
+        "a self-hosted controller (zerotier-one's own controller API), with its "
+        "authtoken.secret. A network lives in one of them: pick the one whose web UI or API "
+        "shows it. Decides the API paths, how the token is sent, and the defaults of `url`, "
+        "`token_env` and `token_file`."
     )
     url: str | None = Field(
         default=None,
         pattern=r"^https?://[^\s]+$",
         description="Base URL of the controller's API, http:// or https://. Not set: "
-        "`https://api.zerotier.com/api/v1` for central, `http://127.0.0.1:9993` for local. "
+        "`https://api.zerotier.com/api/v1` for central, `https://central.zerotier.com/api/v2` "
+        "for central-v2, `http://127.0.0.1:9993` for local. "
         "The environment variable ZTPLAN_CONTROLLER_URL overrides it (staging, the sandbox).",
     )
     token_env: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of the environment variable holding the API token. Not set (and "
-        "no `token_file`): ZEROTIER_CENTRAL_TOKEN for central. Wins over `token_file`.",
+        "no `token_file`): ZEROTIER_CENTRAL_TOKEN for central, ZEROTIER_CENTRAL_V2_TOKEN for "
+        "central-v2. Wins over `token_file`.",
     )
     token_file: str | None = Field(
         default=None,
@@ -365,6 +418,42 @@ class V6AssignMode(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class Dns(_Model):
+    """DNS settings the controller pushes to members (ZeroTier's `dns` object). Members use
+    them only with `allowDNS`, and only when the domain is set."""
+
+    domain: DnsDomain = Field(
+        description='Search domain, e.g. `zt.example.com`; `""` for none. Members ignore the '
+        "servers while it is empty."
+    )
+    servers: list[IpAddress] = Field(
+        description="IPv4 or IPv6 addresses of the DNS servers, in order, each once; at most 4 "
+        "(members keep only the first four). `[]`: none.",
+        json_schema_extra={"maxItems": DNS_MAX_SERVERS, "uniqueItems": True},
+    )
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, servers: list[str]) -> list[str]:
+        if len(servers) > DNS_MAX_SERVERS:
+            raise ValueError(
+                f"at most {DNS_MAX_SERVERS} servers (members keep only the first "
+                f"{DNS_MAX_SERVERS}), got {len(servers)}"
+            )
+        if len(set(servers)) != len(servers):
+            raise ValueError("each server once")
+        return servers
+
+    @model_validator(mode="after")
+    def _domain_with_servers(self) -> Dns:
+        if self.servers and not self.domain:
+            raise ValueError(
+                "a `domain` with the servers: members apply pushed DNS only when the search "
+                "domain is set"
+            )
+        return self
+
+
 class Network(_Model):
     """One ZeroTier network whose settings ztplan manages on the controller. A field not
     written is not managed: the controller keeps what it has. ztplan never creates
@@ -392,6 +481,33 @@ class Network(_Model):
     v6_assign_mode: V6AssignMode | None = Field(
         default=None, description="IPv6 auto-assignment. Not set: not managed."
     )
+    mtu: Mtu | None = Field(
+        default=None,
+        description="MTU of the members' ZeroTier interface, 1280 to 10000. ZeroTier's "
+        "default, 2800, is more than a 1500-byte WAN link carries: TCP through the gateway "
+        "can stall where path MTU discovery fails, and the plan warns unless the gateway "
+        "clamps TCP MSS (a `TCPMSS` rule in mangle). 1500 avoids that. Not set: not managed.",
+    )
+    dns: Dns | None = Field(
+        default=None,
+        description="The search domain and DNS servers pushed to members (used by members "
+        "with `allow_dns`), e.g. the gateway serving DNS on its ZeroTier address. "
+        '`{domain: "", servers: []}`: none. Not set: not managed.',
+    )
+    v4_subnet: IpNetwork | None = Field(
+        default=None,
+        description="New Central only (`kind: central-v2`): the network's IPv4 boundary "
+        "(`config.v4Subnet`), e.g. `10.6.4.0/22`. New Central does not document how it relates "
+        "to routes and pools; ztplan writes it as given. Not set: not managed.",
+    )
+    v6_subnet: IpNetwork | None = Field(
+        default=None,
+        description="New Central only (`kind: central-v2`): the network's IPv6 boundary "
+        "(`config.v6Subnet`). Not set: not managed.",
+    )
+
+    _v4_subnet = field_validator("v4_subnet")(lambda v: v and _version(v, 4, "subnet"))
+    _v6_subnet = field_validator("v6_subnet")(lambda v: v and _version(v, 6, "subnet"))
 
 
 class NdppdRule(_Model):
@@ -664,6 +780,16 @@ class Gateway(_Model):
     ipv6: GatewayIPv6 | None = Field(
         default=None, description="Routed IPv6 for members. Not set: no IPv6."
     )
+    mtu: Mtu | None = Field(
+        default=None,
+        description="The network's `mtu` (see Network): 1500 suits a 1500-byte WAN link. Not "
+        "set: not managed.",
+    )
+    dns: Dns | None = Field(
+        default=None,
+        description="The network's `dns` (see Network), e.g. the gateway's ZeroTier address "
+        "as the server. Not set: not managed.",
+    )
 
 
 _SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_@:+/-]+)+$")
@@ -893,6 +1019,9 @@ def line_of(spec: Spec, loc: tuple[Any, ...]) -> int | None:
     return _resolve(yaml.compose(spec._text, Loader=yaml.SafeLoader), loc)[1]
 
 
+_KIND_NAMES = {"central": "Legacy Central", "local": "a self-hosted controller"}
+
+
 def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
     """Checks that need more than one field, with the path of the field at fault."""
     problems: list[tuple[tuple[Any, ...], str]] = []
@@ -909,6 +1038,17 @@ def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
             if network in seen:
                 problems.append((loc, f"each network once; {network} is written twice"))
             seen.add(network)
+    kind = spec.controller.kind if spec.controller else None
+    for i, net in enumerate(spec.networks):
+        for field in ("v4_subnet", "v6_subnet"):
+            if getattr(net, field) is not None and kind != "central-v2":
+                problems.append(
+                    (
+                        ("networks", i, field),
+                        "a setting of New Central only (`controller.kind: central-v2`); "
+                        f"{_KIND_NAMES.get(kind or '', 'this controller')} has none",
+                    )
+                )
     for family in FAMILIES:
         fam: Family | None = getattr(spec.firewall, family, None)
         for table_name, table in (fam.tables() if fam else {}).items():

@@ -64,8 +64,9 @@ def changes(p: Controller, spec: Spec) -> list[Change]:
 
 
 def apply_all(p: Controller, spec: Spec) -> list[Change]:
-    planned = changes(p, spec)
-    p.apply(HOST, planned, p.read(HOST))
+    before = p.read(HOST)
+    planned = diff_resources(p.name, p.desired(spec), before.resources)[0]
+    p.apply(HOST, planned, before)
     return planned
 
 

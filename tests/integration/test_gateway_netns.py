@@ -404,8 +404,12 @@ def test_reference_spec_plans_and_applies_everything(
                 'controller.network["8056c2e21c000001"].ip_pools',
             ]
             assert [f.message for f in plan.findings] == [
+                "MTU 2800 (ZeroTier's default) is more than a 1500-byte WAN link carries, and no "
+                "TCPMSS rule in mangle clamps ipv4 and ipv6 TCP: connections through this gateway "
+                "can stall where path MTU discovery fails; set the network's `mtu: 1500`, or add "
+                "`-p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu` to mangle FORWARD",
                 "SNAT --to-source 45.32.69.220 is not an address of any interface here; if the "
-                "public address is dynamic, use `-j MASQUERADE` instead"
+                "public address is dynamic, use `-j MASQUERADE` instead",
             ]
             assert plan.controller_url == emulator.url + "/api/v1"
             apply_spec(run)

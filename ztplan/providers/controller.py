@@ -1,16 +1,20 @@
-"""The network controller: managed routes and IP pools of each network in the spec.
+"""The network controller: managed settings of each network in the spec.
 
-Two backends behind one interface, chosen by `controller.kind` (CONTROLLER-API.md):
-  local    self-hosted controller, `/controller/network/{nwid}`, flat object, `X-ZT1-Auth`
-  central  ZeroTier Central, `/network/{id}`, settings under `config`, `Authorization: token`
+Three kinds behind one interface, chosen by `controller.kind`; what differs between them
+(path, auth header, names and shapes of the network object) is a backend in
+`controller_backend.py`, so read and apply here are the same for all.
 
-The self-hosted controller never rejects bad data (it drops or rewrites it and answers
-200), and POST creates a network that does not exist. So ztplan validates everything in
-the spec, GETs before it POSTs (a 404 is an error, never "create"), POSTs whole lists of
-only the changed fields, and re-reads to check the controller kept exactly what was sent.
+Controllers may accept and silently rewrite data (the self-hosted one drops or rewrites bad
+entries and answers 200; New Central does not document whether lists are replaced or
+merged), and a POST to the self-hosted controller creates a network that does not exist.
+So ztplan validates everything in the spec, GETs before it POSTs (a 404 is an error, never
+"create"), POSTs whole lists of only the changed fields, and re-reads to check the
+controller kept exactly what was sent.
 
-Addresses:  controller.network["<nwid>"].routes   sorted list of {target, via}
-            controller.network["<nwid>"].ip_pools sorted list of {start, end}
+Addresses:  controller.network["<nwid>"].<field>, the values in controller_backend.py:
+              routes    sorted list of {target, via}
+              ip_pools  sorted list of {start, end}
+              v4_assign_mode, v6_assign_mode, mtu, dns; v4_subnet, v6_subnet (central-v2)
 Lists are sorted on both sides: a controller that reorders routes shows no drift.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
@@ -30,21 +35,22 @@ from ztplan.api import ApiClient, NotFound
 from ztplan.errors import ControllerError
 from ztplan.host import Host
 from ztplan.model import Change, Finding, Resource, Snapshot
+from ztplan.providers.controller_backend import (
+    BACKENDS,
+    V4_KEYS,
+    V6_KEYS,
+    normalise_dns,
+    normalise_mode,
+    normalise_pools,
+    normalise_routes,
+)
 from ztplan.spec import Spec
 
-__all__ = ["DEFAULT_URLS", "Controller", "controller_client", "network_address"]
+__all__ = ["DEFAULT_URLS", "Controller", "controller_client", "network_address", "normalise_routes"]
 
-DEFAULT_URLS = {"central": "https://api.zerotier.com/api/v1", "local": "http://127.0.0.1:9993"}
-DEFAULT_TOKEN = {
-    "central": ("ZEROTIER_CENTRAL_TOKEN", None),
-    "local": (None, "/var/lib/zerotier-one/authtoken.secret"),
-}
-FIELDS = {
-    "routes": "routes",
-    "ip_pools": "ipAssignmentPools",
-    "v4_assign_mode": "v4AssignMode",
-    "v6_assign_mode": "v6AssignMode",
-}
+DEFAULT_URLS = {kind: backend.default_url for kind, backend in BACKENDS.items()}
+WAN_MTU = 1500
+"""The WAN link an exit gateway usually has: a larger ZeroTier MTU needs TCP MSS clamping."""
 
 
 def network_address(nwid: str, field: str) -> Address:
@@ -59,98 +65,33 @@ def _network_field(address: Address) -> tuple[str, str]:
     return steps[2].key, steps[3].name
 
 
-def _canonical_network(text: str) -> str:
-    """Same spelling on both sides: IPv6 compressed, lowercase; host bits kept (the
-    controller keeps them, so they are drift worth seeing)."""
-    try:
-        return str(ipaddress.ip_interface(text))
-    except ValueError:
-        return text
-
-
-def _canonical_address(text: Any) -> str | None:
-    if text in (None, ""):
-        return None
-    try:
-        return str(ipaddress.ip_address(str(text).split("/")[0]))
-    except ValueError:
-        return str(text)
-
-
-def normalise_routes(routes: Any) -> list[JsonValue]:
-    """Controller or spec routes -> sorted [{target, via}] (a missing via is on-link: None)."""
-    out: list[dict[str, JsonValue]] = [
-        {
-            "target": _canonical_network(str(r.get("target"))),
-            "via": _canonical_address(r.get("via")),
-        }
-        for r in (routes or [])
-        if isinstance(r, dict)
-    ]
-    out.sort(key=lambda r: (str(r["target"]), str(r["via"] or "")))
-    result: list[JsonValue] = [*out]
-    return result
-
-
-def normalise_pools(pools: Any) -> list[JsonValue]:
-    out: list[dict[str, JsonValue]] = [
-        {
-            "start": _canonical_address(p.get("ipRangeStart", p.get("start"))),
-            "end": _canonical_address(p.get("ipRangeEnd", p.get("end"))),
-        }
-        for p in (pools or [])
-        if isinstance(p, dict)
-    ]
-    out.sort(key=lambda p: (str(p["start"]), str(p["end"])))
-    result: list[JsonValue] = [*out]
-    return result
-
-
-def normalise_mode(mode: Any, keys: tuple[str, ...]) -> dict[str, JsonValue]:
-    """An assign mode with every key present (a missing key is false to the controller)."""
-    given = mode if isinstance(mode, dict) else {}
-    return {key: bool(given.get(key, False)) for key in keys}
-
-
-V4_KEYS = ("zt",)
-V6_KEYS = ("6plane", "rfc4193", "zt")
-
-
-def _live_values(config: dict[str, Any]) -> dict[str, JsonValue]:
-    return {
-        "routes": normalise_routes(config.get("routes")),
-        "ip_pools": normalise_pools(config.get("ipAssignmentPools")),
-        "v4_assign_mode": normalise_mode(config.get("v4AssignMode"), V4_KEYS),
-        "v6_assign_mode": normalise_mode(config.get("v6AssignMode"), V6_KEYS),
-    }
-
-
-def _to_api(field: str, value: JsonValue) -> Any:
-    if field.endswith("_assign_mode"):
-        return value  # whole objects: the controller keeps only the keys it is sent
-    items = value if isinstance(value, list) else []
-    if field == "routes":
-        return [{"target": r["target"], "via": r["via"]} for r in items if isinstance(r, dict)]
-    return [
-        {"ipRangeStart": p["start"], "ipRangeEnd": p["end"]} for p in items if isinstance(p, dict)
-    ]
-
-
 def controller_client(spec: Spec, http_client: Any, base_url: str | None = None) -> ApiClient:
     """The controller's ApiClient, with the token from the environment or a file."""
     from ztplan.api import read_token
 
     assert spec.controller is not None
-    kind = spec.controller.kind
-    env, file = DEFAULT_TOKEN[kind]
+    backend = BACKENDS[spec.controller.kind]
+    env, file = backend.default_token
     if spec.controller.token_env or spec.controller.token_file:
         env, file = spec.controller.token_env, spec.controller.token_file
     if os.environ.get("ZTPLAN_CONTROLLER_TOKEN"):  # for a staging controller or the sandbox
         env, file = "ZTPLAN_CONTROLLER_TOKEN", None
     token = read_token(env, file, "controller")
-    headers = {"Authorization": f"token {token}"} if kind == "central" else {"X-ZT1-Auth": token}
-    url = base_url or spec.controller.url or DEFAULT_URLS[kind]
-    return ApiClient(base_url=url, headers=headers, client=http_client, what="controller")
+    return ApiClient(
+        base_url=base_url or spec.controller.url or backend.default_url,
+        headers=backend.headers(token),
+        client=http_client,
+        what="controller",
+        describe_error=backend.describe_error,
+    )
+
+
+def _clamps_mss(spec: Spec, family: str) -> bool:
+    """Whether the spec has a TCPMSS rule in the family's mangle table."""
+    fam = getattr(spec.firewall, family, None) if spec.firewall else None
+    table = fam.mangle if fam else None
+    rules = [r for chain in (table.chains.values() if table else []) for r in chain.rules]
+    return any("TCPMSS" in shlex.split(rule) for rule in rules)
 
 
 class Controller:
@@ -159,82 +100,106 @@ class Controller:
     def __init__(self, api: ApiClient, kind: str, networks: Sequence[str]) -> None:
         self.api = api
         self.kind = kind
+        self.backend = BACKENDS[kind]
         self.networks = list(networks)
 
     def manages(self, spec: Spec) -> bool:
         return spec.controller is not None and bool(spec.networks)
 
-    def _path(self, nwid: str) -> str:
-        return f"/network/{nwid}" if self.kind == "central" else f"/controller/network/{nwid}"
-
-    def _get(self, nwid: str) -> dict[str, Any]:
+    def _get(self, nwid: str) -> dict[str, JsonValue]:
+        """The network's values; a network the controller does not have is an error."""
         try:
-            answer = self.api.get(self._path(nwid))
+            answer = self.api.get(self.backend.path(nwid))
         except NotFound:
-            raise ControllerError(
-                f"controller: network {nwid} does not exist on the {self.kind} controller at "
-                f"{self.api.base_url} (ztplan does not create networks; check the id)",
-                404,
-            ) from None
+            raise ControllerError(self.backend.missing(nwid, self.api.base_url), 404) from None
         if not isinstance(answer, dict):
             raise ControllerError(f"controller: network {nwid}: the answer is not an object")
-        config = answer.get("config") if self.kind == "central" else answer
-        if not isinstance(config, dict):
+        settings = self.backend.settings(answer)
+        if settings is None:
             raise ControllerError(f"controller: network {nwid}: the answer has no settings")
-        return config
+        return self.backend.values(settings)
 
     def desired(self, spec: Spec) -> dict[Address, Resource]:
         out: dict[Address, Resource] = {}
         for network in spec.networks:
+            values: dict[str, JsonValue] = {}
             if network.routes is not None:
-                routes = normalise_routes([r.model_dump() for r in network.routes])
-                out[network_address(network.id, "routes")] = Resource(
-                    network_address(network.id, "routes"), routes
-                )
+                values["routes"] = normalise_routes([r.model_dump() for r in network.routes])
             if network.ip_pools is not None:
-                pools = normalise_pools([p.model_dump() for p in network.ip_pools])
-                out[network_address(network.id, "ip_pools")] = Resource(
-                    network_address(network.id, "ip_pools"), pools
-                )
+                values["ip_pools"] = normalise_pools([p.model_dump() for p in network.ip_pools])
             for field, mode, keys in (
                 ("v4_assign_mode", network.v4_assign_mode, V4_KEYS),
                 ("v6_assign_mode", network.v6_assign_mode, V6_KEYS),
             ):
                 if mode is not None:
-                    value = normalise_mode(mode.model_dump(by_alias=True), keys)
-                    out[network_address(network.id, field)] = Resource(
-                        network_address(network.id, field), value
-                    )
+                    values[field] = normalise_mode(mode.model_dump(by_alias=True), keys)
+            if network.mtu is not None:
+                values["mtu"] = network.mtu
+            if network.dns is not None:
+                values["dns"] = normalise_dns(network.dns.model_dump())
+            for field in ("v4_subnet", "v6_subnet"):
+                subnet = getattr(network, field)
+                if subnet is not None:
+                    values[field] = str(ipaddress.ip_network(subnet))
+            for field, value in values.items():
+                address = network_address(network.id, field)
+                out[address] = Resource(address, value)
         return out
 
     def read(self, host: Host) -> Snapshot:
         """Each network once; several at a time (the shared client is thread-safe)."""
         with ThreadPoolExecutor(max_workers=min(8, max(len(self.networks), 1))) as pool:
-            configs = dict(zip(self.networks, pool.map(self._get, self.networks), strict=True))
+            live = dict(zip(self.networks, pool.map(self._get, self.networks), strict=True))
         resources: dict[Address, Resource] = {}
-        raw: dict[str, dict[str, JsonValue]] = {}
-        for nwid, config in configs.items():
-            values = _live_values(config)
-            raw[nwid] = dict(values)
+        for nwid, values in live.items():
             for field, value in values.items():
                 address = network_address(nwid, field)
                 resources[address] = Resource(address, value, owned=False)
-        return Snapshot.of(resources, raw=raw)
+        return Snapshot.of(resources, raw=live)
 
     def check(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
-        return []
+        """The MSS warning: on a gateway (a spec with a firewall), a network whose MTU is
+        more than a 1500-byte WAN link carries, and no TCPMSS rule in the mangle table of a
+        family the gateway forwards. Here rather than in checks.py because an MTU the spec
+        leaves unmanaged (ZeroTier's default 2800, the usual case) is only known live."""
+        if spec.firewall is None:
+            return []
+        raw = snapshot.raw if isinstance(snapshot.raw, dict) else {}
+        families = [
+            f for f in ("ipv4", "ipv6") if getattr(spec.firewall, f) and not _clamps_mss(spec, f)
+        ]
+        findings = []
+        for network in spec.networks:
+            mtu = network.mtu if network.mtu is not None else raw.get(network.id, {}).get("mtu")
+            if not families or not isinstance(mtu, int) or mtu <= WAN_MTU:
+                continue
+            default = " (ZeroTier's default)" if network.mtu is None and mtu == 2800 else ""
+            findings.append(
+                Finding(
+                    severity="warning",
+                    address=network_address(network.id, "mtu"),
+                    message=f"MTU {mtu}{default} is more than a {WAN_MTU}-byte WAN link "
+                    f"carries, and no TCPMSS rule in mangle clamps {' and '.join(families)} "
+                    "TCP: connections through this gateway can stall where path "
+                    f"MTU discovery fails; set the network's `mtu: {WAN_MTU}`, or add "
+                    "`-p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu` to mangle "
+                    "FORWARD",
+                )
+            )
+        return findings
 
     def _post(self, nwid: str, fields: Mapping[str, JsonValue]) -> None:
-        body = {FIELDS[f]: _to_api(f, v) for f, v in fields.items()}
-        self.api.post(self._path(nwid), {"config": body} if self.kind == "central" else body)
-        # Re-read: the controller answers 200 to data it silently dropped or rewrote.
-        stored = self._get(nwid)
-        kept = _live_values(stored)
+        self.api.post(self.backend.path(nwid), self.backend.body(fields))
+        # Re-read: a controller may answer 200 to data it dropped, rewrote or merged.
+        kept = self._get(nwid)
         for field, value in fields.items():
-            if kept[field] != value:
+            if kept.get(field) != value:
+                name = self.backend.api_name(field)
+                where = f" ({name})" if name != field else ""
                 raise ControllerError(
-                    f"controller: network {nwid} did not keep its {field}: "
-                    f"sent {json.dumps(value)}, stored {json.dumps(kept[field])}"
+                    f"controller: network {nwid} did not keep its {field}{where}: "
+                    f"sent {json.dumps(value)}, stored {json.dumps(kept.get(field))}"
+                    + (self.backend.mismatch_hint if isinstance(value, list | dict) else "")
                 )
 
     def apply(self, host: Host, changes: Sequence[Change], before: Snapshot) -> None:
@@ -260,4 +225,4 @@ class Controller:
                 self._post(nwid, changed)
 
     def read_one(self, nwid: str) -> dict[str, JsonValue]:
-        return _live_values(self._get(nwid))
+        return self._get(nwid)

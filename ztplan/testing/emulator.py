@@ -1,6 +1,6 @@
 """A ZeroTier controller emulator: a real HTTP server on 127.0.0.1 for tests and the sandbox.
 
-One server speaks three APIs, as ``shared/CONTROLLER-API.md`` beside this repository ("the
+One server speaks four APIs, as ``shared/CONTROLLER-API.md`` beside this repository ("the
 doc") describes them:
 
 * the self-hosted controller, ``/controller/...`` (doc §0-§1). The quirks come from ZeroTierOne
@@ -16,13 +16,16 @@ doc") describes them:
   ``{"type":"internal","message":"JSON error"}`` for a non-object body (issue #1366), a
   requests-per-second budget with ``X-Ratelimit-*`` headers (spec ``info.description``);
 * the member-side service, ``/network...`` and ``/status`` (doc §3, ``OneService.cpp``): POST
-  joins a network the node has not joined; only JSON booleans change the ``allow*`` flags.
+  joins a network the node has not joined; only JSON booleans change the ``allow*`` flags;
+* New Central, ``/api/v2/...`` (``shared/CENTRAL-V2.md``), in ``central_v2.py`` beside this
+  module, with what that doc leaves open listed there as ``ASSUMPTIONS``.
 
-Shortcuts: Central and the self-hosted controller share one store (the flat self-hosted object)
-and Central writes go through the self-hosted normaliser, since Central's own validation is not
-documented. Rule *match* entries, ``capabilities`` and ``tags`` are kept as sent (action rules
-are re-rendered as 1.14.1 does); ``authTokens``/``remoteTrace*`` are ignored; controller member
-endpoints are read-only (list, GET); members never see ``ACCESS_DENIED``.
+Shortcuts: both Centrals and the self-hosted controller share one store (the flat self-hosted
+object) and Legacy Central writes go through the self-hosted normaliser, since Central's own
+validation is not documented. Rule *match* entries, ``capabilities`` and ``tags`` are kept
+as sent (action rules are re-rendered as 1.14.1 does); ``authTokens``/``remoteTrace*`` are
+ignored; controller member endpoints are read-only (list, GET); members never see
+``ACCESS_DENIED``.
 
 ``faults`` injects transport trouble. Tokens are compared, never logged nor kept in
 ``request_log``.
@@ -341,7 +344,8 @@ class _Handler(BaseHTTPRequestHandler):
 class ControllerEmulator:
     """Emulated zerotier-one (controller + member service) and ZeroTier Central on 127.0.0.1.
 
-    Self-hosted controller and member service at ``url``; Central at ``url + "/api/v1"``.
+    Self-hosted controller and member service at ``url``; Legacy Central at
+    ``url + "/api/v1"``; New Central at ``url + "/api/v2"``.
     """
 
     def __init__(
@@ -357,6 +361,8 @@ class ControllerEmulator:
         self.central_rate_limit = 20  #: Central requests per second (a free account's budget)
         self.central_denied: set[str] = set()  #: network ids Central answers 403 for
         self.online = True  #: ``/status`` "online" (allowDefault needs it, doc §3)
+        self.v2_lists = "replace"  #: New Central list updates, ASSUMED (lists): "replace" | "merge"
+        self.v2_key_expired = False  #: New Central answers 401 as for an expired API key
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._nets: dict[str, dict[str, Any]] = {}  # the flat, self-hosted objects
@@ -469,6 +475,7 @@ class ControllerEmulator:
                     f.timeout, f.timeout_count = 0.0, 1
         self._stopping.wait(f.latency + stall)
         central = url.path == "/api/v1" or url.path.startswith("/api/v1/")
+        v2 = url.path.startswith("/api/v2/")
         with self._lock:
             reply: Reply | None = None
             if f.status_5xx > 0:
@@ -479,6 +486,10 @@ class ControllerEmulator:
                 reply = 429, b"{}", {"Content-Type": _JSON, "Retry-After": f.retry_after}
         if reply is None and central:
             reply = self._central(h, url.path[len("/api/v1") :], raw)
+        elif reply is None and v2:
+            from ztplan.testing import central_v2  # it builds on this module
+
+            reply = central_v2.serve(self, h, url.path[len("/api/v2") :], raw)
         elif reply is None:
             reply = self._local(h, url, raw)
         status, body, headers = reply
@@ -488,7 +499,7 @@ class ControllerEmulator:
                     f.malformed_json -= 1
                     body = body[: len(body) // 2]  # half an object or array never parses
         h.served += 1
-        if not central:  # cpp-httplib closes a connection after 5 requests
+        if not (central or v2):  # cpp-httplib closes a connection after 5 requests
             headers["Keep-Alive"] = "timeout=5, max=5"
             if h.served >= 5:
                 headers["Connection"] = "close"
