@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -354,6 +355,32 @@ def test_mss_is_clamped_to_the_wan_mtu(gateway: str, clamp: bool) -> None:
     (result,) = verify(read_image(LocalHost(gateway)), [MSS])
     assert result.ok is clamp
     assert result.mss == (1460 if clamp else 2760)  # ZeroTier side MTU 2800 - 40
+
+
+@pytest.mark.skipif(shutil.which("ipset") is None, reason="needs ipset")
+def test_ipsets_are_loaded_into_the_twin(gateway: str) -> None:
+    sh(gateway, "ipset", "create", "blocked", "hash:ip")
+    sh(gateway, "ipset", "add", "blocked", "10.6.4.1")  # the twin's member
+    restore(gateway, NAT_GATEWAY.format(nat=SNAT))
+    sh(
+        gateway,
+        "iptables",
+        "-I",
+        "FORWARD",
+        "-m",
+        "set",
+        "--match-set",
+        "blocked",
+        "src",
+        "-j",
+        "DROP",
+    )
+    image = read_image(LocalHost(gateway))
+    assert image.ipsets is not None and "blocked" in image.ipsets
+    (result,) = verify(image, [OUT4])
+    assert not result.ok
+    assert result.culprit is not None
+    assert result.culprit.rule == "-A FORWARD -m set --match-set blocked src -j DROP"
 
 
 # --- fidelity: what iptables-save cannot show ------------------------------------------------
