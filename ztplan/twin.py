@@ -24,6 +24,7 @@ ZtplanError; a flow that fails is a result, never an exception.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from ztplan.twin_build import TRACE_TABLE, Twin, build_twin
 from ztplan.twin_image import Family, GatewayImage, read_image
 from ztplan.twin_netns import inside, remove_stale_twins
 from ztplan.twin_probe import Outcome, Probe, ProbeRun, Server
-from ztplan.twin_trace import Culprit, TraceListener, legacy_drops, resolve
+from ztplan.twin_trace import Culprit, TraceEvent, TraceListener, legacy_drops, resolve
 
 __all__ = [
     "MEMBER",
@@ -261,6 +262,8 @@ class _Run:
     """Legacy DROP/REJECT rules and policies whose counters rose."""
     trace_lost: bool
     """The kernel dropped trace events (the receive buffer overflowed)."""
+    icmp_drops: list[TraceEvent]
+    """Dropped ICMP packets that belong to no flow (neighbour discovery)."""
 
 
 def _culprit(run: _Run, flow: Flow, probe: Probe, outcome: Outcome, passed: bool) -> Culprit | None:
@@ -287,6 +290,11 @@ def _culprit(run: _Run, flow: Flow, probe: Probe, outcome: Outcome, passed: bool
         return Culprit(first.stack, first.table, first.chain, first.rule, first.policy, note=note)
     if not twin.trace:
         return None  # nothing to name it by
+    nd = [e for e in run.icmp_drops if e.packet is not None and e.packet.neighbour_discovery]
+    if flow.family == "ipv6" and nd:
+        found = resolve(host, nd[0], twin.native)
+        note = "it dropped neighbour discovery (ICMPv6): IPv6 cannot resolve its next hops"
+        return dataclasses.replace(found, note=note)
     if flow.family in twin.image.legacy:
         return Culprit(
             "iptables-legacy",
@@ -414,7 +422,8 @@ def verify(
             for family in image.legacy:
                 tool = "iptables-legacy-save" if family == "ipv4" else "ip6tables-legacy-save"
                 legacy += legacy_drops(twin.gateway.run([tool, "-c"]).stdout, family)
-        context = _Run(twin, timeout, legacy, listener is not None and listener.overflow)
+        lost = listener is not None and listener.overflow
+        context = _Run(twin, timeout, legacy, lost, run.icmp_drops)
         return [
             _judge(context, flow, probe, next(outcomes) if isinstance(probe, Probe) else None)
             for flow, probe in zip(flows, planned, strict=True)

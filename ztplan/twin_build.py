@@ -14,7 +14,8 @@ iptables-legacy-restore, ipsets through `ipset restore`. Then each iptables-nft 
 listing is compared with the gateway's own: iptables-save cannot print every nft rule (a
 native `table ip filter` with a set match comes out as a bare `-j DROP`), and a twin that
 differs silently would answer for another gateway. A difference is loaded from the nft
-listing instead, or is a TwinLoadFailed naming the table.
+listing instead, or is a TwinLoadFailed naming the table. The answer depends on the image
+only, so it is computed once per image and process.
 
 IPv6 duplicate address detection is off in the twin (1 s of tentative addresses otherwise).
 """
@@ -22,6 +23,7 @@ IPv6 duplicate address detection is off in the twin (1 s of tentative addresses 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +33,7 @@ from typing import Any
 
 from ztplan.errors import TwinLoadFailed
 from ztplan.host import CommandResult, LocalHost
-from ztplan.twin_image import FAMILIES, Family, GatewayImage
+from ztplan.twin_image import FAMILIES, Family, GatewayImage, NftTable
 from ztplan.twin_netns import (
     TwinNames,
     check_available,
@@ -56,16 +58,17 @@ TRACE_TABLE = "ztplan_twin_trace"
 TRACE_RULESET = f"""table inet {TRACE_TABLE} {{
 \tchain pre {{
 \t\ttype filter hook prerouting priority -2000000000; policy accept;
-\t\tmeta l4proto {{ tcp, udp }} meta nftrace set 1
+\t\tmeta l4proto {{ tcp, udp, icmp, ipv6-icmp }} meta nftrace set 1
 \t}}
 \tchain out {{
 \t\ttype filter hook output priority -2000000000; policy accept;
-\t\tmeta l4proto {{ tcp, udp }} meta nftrace set 1
+\t\tmeta l4proto {{ tcp, udp, icmp, ipv6-icmp }} meta nftrace set 1
 \t}}
 }}
 """
-"""Marks the twin's TCP and UDP packets (all of them are test packets) for nftables
-tracing, before every other chain; accepting here decides nothing for the later chains."""
+"""Marks the twin's TCP, UDP and ICMP packets (all of them are test packets, or the
+neighbour discovery they need) for nftables tracing, before every other chain; accepting
+here decides nothing for the later chains."""
 
 RESTORE = {"ipv4": "iptables-nft-restore", "ipv6": "ip6tables-nft-restore"}
 LEGACY_RESTORE = {"ipv4": "iptables-legacy-restore", "ipv6": "ip6tables-legacy-restore"}
@@ -442,19 +445,37 @@ def _name_bad_table(host: LocalHost, tables: Sequence[Any], detail: str) -> None
             raise TwinLoadFailed(f"nftables table {table.label}", _first_error(done.stderr))
 
 
+_FAITHFUL: dict[str, bool] = {}
+"""Digest of (iptables-save text, nft listing) of a table -> whether restoring the one gives
+the other. It depends on the image alone, not on the twin (a plan verifies the live image
+and then the planned state of the same image), and nft's listing of 10,000 iptables rules
+costs ~0.4 s, so each answer is kept for the life of the process."""
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
 def _check_iptables_tables(twin: Twin) -> None:
     host = twin.gateway
     tables = [t for t in twin.image.nft_tables if t.iptables]
-    if not tables:
-        return
+    family_of = {"ip": "ipv4", "ip6": "ipv6"}
+    keys = {
+        t.label: _digest(twin.image.iptables.get(family_of.get(t.family, ""), ""), t.text)
+        for t in tables
+    }
+    unknown = [t for t in tables if keys[t.label] not in _FAITHFUL]
 
-    def listing(label: str) -> CommandResult:
-        return host.run(["nft", "list", "table", *label.split()])
+    def faithful(table: NftTable) -> bool:
+        done = host.run(["nft", "list", "table", *table.label.split()])
+        return done.returncode == 0 and nft_shape(done.stdout) == nft_shape(table.text)
 
-    with ThreadPoolExecutor(max_workers=min(4, len(tables))) as pool:
-        listed = list(pool.map(lambda t: listing(t.label), tables))
-    for table, done in zip(tables, listed, strict=True):
-        if done.returncode == 0 and nft_shape(done.stdout) == nft_shape(table.text):
+    if unknown:
+        with ThreadPoolExecutor(max_workers=min(4, len(unknown))) as pool:
+            for table, same in zip(unknown, pool.map(faithful, unknown), strict=True):
+                _FAITHFUL[keys[table.label]] = same
+    for table in tables:
+        if _FAITHFUL[keys[table.label]]:
             continue
         # iptables-save did not show all of this table: load nft's own listing instead.
         host.run(["nft", "delete", "table", *table.label.split()])

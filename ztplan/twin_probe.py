@@ -130,6 +130,8 @@ class ProbeRun:
         self.probes = list(probes)
         self.timeout = timeout
         self.outcomes = [Outcome() for _ in self.probes]
+        self.icmp_drops: list[TraceEvent] = []
+        """Dropped ICMP packets (no flow's own: neighbour discovery, errors)."""
         self._lock = threading.Lock()
         self._wake = [os.pipe() for _ in self.probes]
         self._servers: list[tuple[socket.socket, str]] = []
@@ -184,6 +186,11 @@ class ProbeRun:
     def on_event(self, event: TraceEvent) -> None:
         """Called by the trace thread: file the event under its probe; a drop wakes it."""
         if event.packet is None:
+            return
+        if event.packet.icmp is not None:
+            if event.drops:
+                with self._lock:
+                    self.icmp_drops.append(event)
             return
         for i, probe in enumerate(self.probes):
             if probe.owns(event.packet):

@@ -310,6 +310,19 @@ def test_forwarding_off_is_named_by_its_sysctl(gateway: str) -> None:
     assert "net.ipv4.ip_forward = 0" in str(result.culprit)
 
 
+def test_ipv6_input_drop_that_cuts_neighbour_discovery_is_named(gateway: str) -> None:
+    restore(gateway, ROUTED_V6.replace(":INPUT ACCEPT", ":INPUT DROP"), "ip6tables-restore")
+    (result,) = verify(read_image(LocalHost(gateway)), [OUT6], timeout=0.3)
+    assert not result.ok
+    assert result.culprit is not None
+    assert (result.culprit.table, result.culprit.chain, result.culprit.policy) == (
+        "ipv6 filter",
+        "INPUT",
+        "DROP",
+    )
+    assert "neighbour discovery" in result.culprit.note
+
+
 @pytest.mark.parametrize("allow", [False, True])
 def test_input_policy_drop_cuts_ssh_unless_allowed(gateway: str, allow: bool) -> None:
     rules = "-A INPUT -p tcp --dport 22 -j ACCEPT\n" if allow else ""

@@ -31,9 +31,11 @@ from ztplan.twin_probe import Packet, Probe, syn_mss
 from ztplan.twin_trace import (
     NFT_MSG_TRACE,
     decode_messages,
+    dump_request,
     iptables_rule,
     legacy_drops,
     nft_chain_rules,
+    parse_rule_dump,
 )
 
 ADDR_JSON = json.dumps(
@@ -322,6 +324,25 @@ def test_nft_chain_rules_and_the_matching_iptables_line() -> None:
     save += "-A FORWARD -s 10.6.4.0/24 -j DROP\n"
     assert iptables_rule(save, "FORWARD", 1) == "-A FORWARD -s 10.6.4.0/24 -j DROP"
     assert iptables_rule(save, "FORWARD", 2) is None
+
+
+def test_rule_dump_request_and_handles() -> None:
+    request = dump_request("ip", "filter", "FORWARD")
+    length, kind, flags = struct.unpack_from("=IHH", request)
+    assert (length, kind, flags & 0x300) == (len(request), (10 << 8) | 7, 0x300)
+    assert b"filter\0" in request and b"FORWARD\0" in request
+
+    def rule(handle: int) -> bytes:
+        body = (
+            struct.pack("=BBH", 2, 0, 0)
+            + _attr(1, b"filter\0")
+            + _attr(3, struct.pack(">Q", handle))
+        )
+        return struct.pack("=IHHII", 16 + len(body), (10 << 8) | 6, 2, 1, 0) + body
+
+    done = struct.pack("=IHHII", 20, 3, 2, 1, 0) + b"\0" * 4
+    assert parse_rule_dump(rule(4) + rule(9)) == ([4, 9], False)
+    assert parse_rule_dump(rule(12) + done) == ([12], True)
 
 
 def test_legacy_drops_are_the_counters_that_rose() -> None:
