@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from ztplan.host import LocalHost  # noqa: E402
 from ztplan.twin import MEMBER, Flow, FlowKind, read_image, verify  # noqa: E402
-from ztplan.twin_build import build_twin  # noqa: E402
-from ztplan.twin_netns import inside  # noqa: E402
+from ztplan.twin.build import build_twin  # noqa: E402
+from ztplan.twin.netns import inside  # noqa: E402
 
 TARGETS = {1000: 1.0, 10000: 2.0}
 """Rules per family -> the issue's limit on one verify of the handful of flows (s)."""

@@ -26,8 +26,8 @@ from tests.conftest import ROOT, full_dump, needs_netns, sh
 from ztplan.errors import TwinLoadFailed
 from ztplan.host import Host, LocalHost
 from ztplan.twin import MEMBER, WAN, Flow, FlowKind, FlowResult, read_image, verify
-from ztplan.twin_image import NftTable
-from ztplan.twin_netns import inside, new_names, remove_stale_twins
+from ztplan.twin.image import NftTable
+from ztplan.twin.netns import inside, new_names, remove_stale_twins
 
 pytestmark = [needs_netns, pytest.mark.netns]
 

@@ -12,8 +12,14 @@ from tests.unit.fake_host import ReplayHost
 from ztplan.errors import TwinUnavailable
 from ztplan.host import CommandResult
 from ztplan.twin import MEMBER, Culprit, Flow, FlowKind
-from ztplan.twin_build import nft_shape, plan_layout, strip_owner_flag
-from ztplan.twin_image import (
+from ztplan.twin.culprit import (
+    dump_request,
+    iptables_rule,
+    legacy_drops,
+    nft_chain_rules,
+    parse_rule_dump,
+)
+from ztplan.twin.image import (
     DefaultRoute,
     GatewayImage,
     Interface,
@@ -26,17 +32,11 @@ from ztplan.twin_image import (
     split_nft_ruleset,
     sysctl_paths,
 )
-from ztplan.twin_netns import check_available, new_names, owner_alive
-from ztplan.twin_probe import Packet, Probe, syn_mss
-from ztplan.twin_trace import (
-    NFT_MSG_TRACE,
-    decode_messages,
-    dump_request,
-    iptables_rule,
-    legacy_drops,
-    nft_chain_rules,
-    parse_rule_dump,
-)
+from ztplan.twin.layout import plan_layout
+from ztplan.twin.load import nft_shape, strip_owner_flag
+from ztplan.twin.netns import check_available, new_names, owner_alive
+from ztplan.twin.probe import Packet, Probe, syn_mss
+from ztplan.twin.trace import NFT_MSG_TRACE, decode_messages
 
 ADDR_JSON = json.dumps(
     [

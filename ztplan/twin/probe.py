@@ -1,6 +1,6 @@
 """Real packets through the twin: echo servers and clients, all in this process.
 
-Every socket is opened inside its namespace (twin_netns.inside) and then used from plain
+Every socket is opened inside its namespace (twin.netns.inside) and then used from plain
 threads, so a handful of flows costs a few milliseconds, not a Python start-up per flow.
 
 Servers answer each TCP connection or UDP datagram with one line, `ADDRESS PORT MSS`: the
@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ztplan.twin_netns import inside
-from ztplan.twin_trace import Packet, TraceEvent
+from ztplan.twin.netns import inside
+from ztplan.twin.trace import Packet, TraceEvent
 
 __all__ = ["Outcome", "Probe", "ProbeRun", "Server", "syn_mss"]
 
