@@ -237,6 +237,13 @@ def test_inbound_let_through_names_the_rule(gateway: str) -> None:
     )
 
 
+def test_inbound_let_through_by_a_policy_accept(gateway: str) -> None:
+    restore(gateway, "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n")
+    (result,) = verify(read_image(LocalHost(gateway)), [IN4])
+    assert result.passed and not result.ok
+    assert str(result.culprit) == "let through by iptables ipv4 filter chain FORWARD: policy ACCEPT"
+
+
 # --- what breaks a gateway, and who did it ---------------------------------------------------
 
 

@@ -63,6 +63,8 @@ class Culprit:
             f"policy {self.policy}" if self.policy else f"rule `{self.rule}`" if self.rule else ""
         )
         text = f"{where}: {what}" if what else where
+        if self.verdict == "accept":
+            text = f"let through by {text}"
         return f"{text} ({self.note})" if self.note else text
 
 

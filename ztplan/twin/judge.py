@@ -86,22 +86,38 @@ class Judging:
     """Dropped ICMP packets that belong to no flow (neighbour discovery)."""
 
 
+def _let_through(twin: Twin, probe: Probe, outcome: Outcome) -> TraceEvent | None:
+    """The accept that let the flow's first packet through a filtering chain: the last
+    accepting rule of an iptables filter table or a native table, else such a chain's
+    accepting policy (a FORWARD policy ACCEPT with no rules)."""
+
+    def filtering(e: TraceEvent) -> bool:
+        label = f"{e.family} {e.table}"
+        if label == f"inet {TRACE_TABLE}":
+            return False
+        return label in twin.native or (e.family in ("ip", "ip6") and e.table == "filter")
+
+    accepts = [
+        e
+        for e in outcome.events
+        if e.verdict == "accept"
+        and filtering(e)
+        and e.packet is not None
+        and e.packet.sport == probe.sport
+    ]
+    rules = [e for e in accepts if e.type == "rule"]
+    chosen = rules or accepts
+    return chosen[-1] if chosen else None
+
+
 def _culprit(
     run: Judging, flow: Flow, probe: Probe, outcome: Outcome, passed: bool
 ) -> Culprit | None:
     twin = run.twin
     host = twin.gateway
-    if passed:  # expected blocked: the last filtering rule that accepted the first packet
-        accepts = [
-            e
-            for e in outcome.events
-            if e.type == "rule"
-            and e.verdict == "accept"
-            and e.table not in ("nat", TRACE_TABLE)
-            and e.packet is not None
-            and e.packet.sport == probe.sport
-        ]
-        return resolve(host, accepts[-1], twin.native) if accepts else None
+    if passed:  # expected blocked: what let it in
+        accept = _let_through(twin, probe, outcome)
+        return resolve(host, accept, twin.native) if accept is not None else None
     if outcome.dropped is not None:
         return resolve(host, outcome.dropped, twin.native)
     legacy = [c for c in run.legacy if c.table.split()[0] == flow.family]
