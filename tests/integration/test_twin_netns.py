@@ -302,6 +302,15 @@ def test_foreign_drop_first_in_forward_is_named_by_its_text(gateway: str) -> Non
     )
 
 
+def test_without_trace_a_failure_has_no_culprit_and_waits_the_timeout(gateway: str) -> None:
+    restore(gateway, NAT_GATEWAY.format(nat=SNAT))
+    sh(gateway, "iptables", "-I", "FORWARD", "1", "-j", "DROP")
+    (result,) = verify(read_image(LocalHost(gateway)), [OUT4], trace=False, timeout=0.3)
+    assert not result.ok and result.culprit is None
+    assert result.observed == "no answer in 0.3 s"
+    assert result.seconds >= 0.3
+
+
 def test_forward_policy_drop_without_rules_is_named(gateway: str) -> None:
     restore(gateway, "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n")
     (result,) = verify(read_image(LocalHost(gateway)), [OUT4])
