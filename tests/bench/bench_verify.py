@@ -177,13 +177,18 @@ def bench_size(n: int, reps: int) -> dict[str, Any]:
         r["flow_seconds"] = flows
 
         # One flow dropped by a rule after all N (its culprit is looked up in a long chain).
+        prepare_runs: list[float] = []
+
         def prepare(host: Any) -> None:
+            start = time.perf_counter()
             host.run(["iptables", "-I", "FORWARD", str(n - 1), "-s", "10.6.4.0/22", "-j", "DROP"])
+            prepare_runs.append(time.perf_counter() - start)
 
         failing = [*FLOWS[1:]] + [FLOWS[0]]
         r["verify_with_culprit_s"], _, results = median_of(
             reps, lambda: verify(image, failing, prepare=prepare)
         )
+        r["prepare_s"] = statistics.median(prepare_runs)
         culprit = results[-1].culprit
         r["culprit"] = str(culprit)
         assert culprit is not None and culprit.rule == "-A FORWARD -s 10.6.4.0/22 -j DROP", culprit
@@ -203,6 +208,7 @@ def render(results: list[dict[str, Any]], load: tuple[str, str]) -> str:
         ("  build + load + remove the twin", "build_s"),
         ("  probes, trace, judging", "probe_and_judge_s"),
         ("verify, one flow dropped (culprit)", "verify_with_culprit_s"),
+        ("  of which prepare's own iptables -I", "prepare_s"),
     ]
     lines = [head, "-" * len(head)]
     for label, key in rows:

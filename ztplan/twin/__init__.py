@@ -32,7 +32,7 @@ from ztplan.twin.build import Twin, build_twin
 from ztplan.twin.culprit import Culprit, legacy_drops
 from ztplan.twin.flow import FIRST_PORT, MEMBER, WAN, Flow, FlowKind, FlowResult
 from ztplan.twin.image import GatewayImage, read_image
-from ztplan.twin.judge import Judging, judge
+from ztplan.twin.judge import Judging, judge_flow
 from ztplan.twin.netns import inside, remove_stale_twins
 from ztplan.twin.probe import Probe, ProbeRun, Server
 from ztplan.twin.trace import TraceListener
@@ -163,6 +163,6 @@ def verify(
         lost = listener is not None and listener.overflow
         context = Judging(twin, timeout, legacy, lost, run.icmp_drops)
         return [
-            judge(context, flow, probe, next(outcomes) if isinstance(probe, Probe) else None)
+            judge_flow(context, flow, probe, next(outcomes) if isinstance(probe, Probe) else None)
             for flow, probe in zip(flows, planned, strict=True)
         ]

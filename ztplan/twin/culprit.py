@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -163,10 +164,13 @@ def resolve(host: Host, event: TraceEvent, native: set[str]) -> Culprit:
             )
         return Culprit("nftables", label, event.chain, policy=verdict, verdict=verdict)
     if iptables and host.netns is not None:
-        handles = chain_handles(host.netns, event.family, event.table, event.chain)
+        # Both read 10,000 rules at that size (~0.15 s each): side by side.
+        save = "iptables-nft-save" if family == "ipv4" else "ip6tables-nft-save"
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            saved = pool.submit(host.run, [save, "-t", event.table])
+            handles = chain_handles(host.netns, event.family, event.table, event.chain)
+            dump = saved.result().stdout
         if event.handle in handles:
-            save = "iptables-nft-save" if family == "ipv4" else "ip6tables-nft-save"
-            dump = host.run([save, "-t", event.table]).stdout
             count = sum(1 for x in dump.splitlines() if x.startswith(f"-A {event.chain} "))
             line = iptables_rule(dump, event.chain, handles.index(event.handle))
             if line is not None and count == len(handles):

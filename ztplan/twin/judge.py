@@ -21,7 +21,7 @@ from ztplan.twin.netns import inside
 from ztplan.twin.probe import Outcome, Probe
 from ztplan.twin.trace import TraceEvent
 
-__all__ = ["Judging", "judge"]
+__all__ = ["Judging", "judge_flow"]
 
 
 def _read(twin: Twin, key: str) -> str | None:
@@ -144,7 +144,7 @@ def _culprit(
     return Culprit("kernel", note=note)
 
 
-def judge(run: Judging, flow: Flow, probe: Probe | str, outcome: Outcome | None) -> FlowResult:
+def judge_flow(run: Judging, flow: Flow, probe: Probe | str, outcome: Outcome | None) -> FlowResult:
     if isinstance(probe, str) or outcome is None:
         return FlowResult(flow, False, False, f"not sent: {probe}")
     twin, timeout = run.twin, run.timeout
