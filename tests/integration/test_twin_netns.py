@@ -412,6 +412,55 @@ def test_ipsets_are_loaded_into_the_twin(gateway: str) -> None:
     assert result.culprit.rule == "-A FORWARD -m set --match-set blocked src -j DROP"
 
 
+MEMBERS_IN_WAN = "2001:db8:100:0:1::/80"
+NDPPD_CONF = f"proxy eth0 {{\n    rule {MEMBERS_IN_WAN} {{\n        static\n    }}\n}}\n"
+
+
+def _members_inside_the_wan_prefix(ns: str) -> None:
+    """The guide's IPv6: the members' /80 is part of the WAN's /64, so the WAN side looks
+    for them on its link and the gateway must answer neighbour discovery for them."""
+    sh(ns, "ip", "addr", "del", "2001:db8:6::1/64", "dev", "zt0")
+    sh(ns, "ip", "addr", "add", "2001:db8:100:0:1::1/80", "dev", "zt0", "nodad")
+
+
+@pytest.mark.parametrize("proxied", [False, True])
+def test_members_inside_the_wan_prefix_need_the_kernels_ndp_proxy(
+    gateway: str, proxied: bool
+) -> None:
+    _members_inside_the_wan_prefix(gateway)
+    if proxied:
+        sh(gateway, "sysctl", "-qw", "net.ipv6.conf.eth0.proxy_ndp=1")
+        sh(gateway, "ip", "-6", "neigh", "add", "proxy", "2001:db8:100:0:1::2", "dev", "eth0")
+    (result,) = verify(read_image(LocalHost(gateway)), [OUT6], timeout=0.3)
+    assert result.ok is proxied, result.observed
+    if not proxied:
+        assert result.culprit is not None
+        assert "nothing answers neighbour discovery" in str(result.culprit)
+
+
+@pytest.mark.skipif(shutil.which("ndppd") is None, reason="needs ndppd")
+def test_members_inside_the_wan_prefix_answered_by_a_running_ndppd(
+    gateway: str, tmp_path: Path
+) -> None:
+    _members_inside_the_wan_prefix(gateway)
+    conf, pidfile = tmp_path / "ndppd.conf", tmp_path / "ndppd.pid"
+    conf.write_text(NDPPD_CONF)
+    sh(gateway, "ndppd", "-d", "-c", str(conf), "-p", str(pidfile))
+    try:
+        deadline = time.monotonic() + 5
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        image = read_image(LocalHost(gateway))
+        assert [(p.interface, p.prefix, p.source) for p in image.ndp_proxies] == [
+            ("eth0", MEMBERS_IN_WAN, "ndppd")
+        ]
+        (result,) = verify(image, [OUT6])
+        assert result.ok, result.observed
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+
+
 # --- fidelity: what iptables-save cannot show ------------------------------------------------
 
 

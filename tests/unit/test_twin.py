@@ -24,9 +24,12 @@ from ztplan.twin.image import (
     GatewayImage,
     Interface,
     Listener,
+    NdpProxy,
     is_trivial_save,
+    ndppd_config_path,
     parse_addresses,
     parse_listeners,
+    parse_proxy_neighbours,
     parse_routes,
     read_image,
     split_nft_ruleset,
@@ -200,9 +203,20 @@ def _host() -> ReplayHost:
         ("ip", "-j", "-6", "route", "show", "default"): "[]",
         ("ip", "-j", "addr", "show"): ADDR_JSON,
         ("cat", "/proc/net/tcp", "/proc/net/tcp6"): PROC_NET_TCP,
+        ("ip", "-6", "-j", "neigh", "show", "proxy"): json.dumps(
+            [{"dst": "2001:db8:100::42", "dev": "eth0", "proxy": None}]
+        ),
+        ("pgrep", "-a", "-x", "ndppd"): "812 ndppd -d -c /etc/ztplan/netns/gw/ndppd.conf\n"
+        "913 ndppd -c /etc/ndppd.conf\n",
+        ("readlink", "/proc/self/ns/net"): "net:[4026532300]\n",
+        ("readlink", "/proc/812/ns/net"): "net:[4026532300]\n",
+        ("readlink", "/proc/913/ns/net"): "net:[4026531840]\n",  # the host's: not this one
     }
     files = {path: "1\n" for path in sysctl_paths(["eth0", "ztabcdef12", "docker0"])}
     files["/proc/sys/net/ipv4/conf/eth0/rp_filter"] = "2\n"
+    files["/etc/ztplan/netns/gw/ndppd.conf"] = (
+        "proxy eth0 {\n    rule 2001:db8:100:0:1::/80 {\n        static\n    }\n}\n"
+    )
     return ReplayHost(outputs, files)
 
 
@@ -225,6 +239,10 @@ def test_read_image_reads_everything_and_never_writes() -> None:
     assert image.sysctl("net.ipv4.ip_forward") == "1"
     assert dict(image.sysctls)["/proc/sys/net/ipv4/conf/eth0/rp_filter"] == "2"
     assert Listener("ipv4", "0.0.0.0", 22) in image.listeners
+    assert image.ndp_proxies == (
+        NdpProxy("eth0", "2001:db8:100::42/128", "kernel"),
+        NdpProxy("eth0", "2001:db8:100:0:1::/80", "ndppd"),  # only this namespace's ndppd
+    )
     assert image.warnings == ()
 
 
@@ -232,11 +250,25 @@ def test_read_image_without_sets_does_not_ask_ipset_and_says_what_it_missed() ->
     host = _host()
     host.outputs[("iptables-nft-save",)] = "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n"
     host.outputs[("nft", "list", "ruleset")] = CommandResult(("nft",), 127, "", "not found")
+    host.outputs[("pgrep", "-a", "-x", "ndppd")] = CommandResult(("pgrep",), 1, "", "")
     image = read_image(host)
     assert ("ipset", "save") not in [argv for argv, _ in host.calls]
     assert image.ipsets is None
     assert image.nft_tables == ()
     assert image.warnings and "nft" in image.warnings[0]
+    assert [p.source for p in image.ndp_proxies] == ["kernel"]  # no ndppd runs
+
+
+def test_ndppd_config_path_from_its_command_line() -> None:
+    assert ndppd_config_path("ndppd -d -c /etc/x.conf -p /run/p") == "/etc/x.conf"
+    assert ndppd_config_path("ndppd -c/etc/y.conf") == "/etc/y.conf"
+    assert ndppd_config_path("ndppd --config=/etc/z.conf") == "/etc/z.conf"
+    assert ndppd_config_path("ndppd -d") == "/etc/ndppd.conf"
+
+
+def test_parse_proxy_neighbours() -> None:
+    text = json.dumps([{"dst": "2001:db8::7", "dev": "eth0", "proxy": None}, {"dev": "eth1"}])
+    assert parse_proxy_neighbours(text) == [NdpProxy("eth0", "2001:db8::7/128", "kernel")]
 
 
 def test_global_forwarding_sysctls_come_before_the_per_interface_ones() -> None:

@@ -224,6 +224,49 @@ def _load_sysctls(twin: Twin) -> None:
             _write_sysctl(path, value)
 
 
+def _load_ndp_proxies(twin: Twin) -> None:
+    """The gateway's NDP proxying, as kernel proxy entries in the twin: its own kernel
+    entries where proxy_ndp makes them live, and for an ndppd rule whose prefix holds the
+    twin's member, an entry for that address (ndppd's static, iface and auto methods all
+    answer for a member that is there) with proxy_ndp on for its interface.
+
+    A kernel entry's proxy_ndp is the image's (it is live, or it was not copied); an ndppd
+    rule's interface gets proxy_ndp 1, which ndppd itself does not need."""
+    image, member = twin.image, twin.layout.member.get("ipv6")
+    lines: list[str] = []
+    on: set[str] = set()
+    for proxy in image.ndp_proxies:
+        if image.interface(proxy.interface) is None:
+            continue
+        if proxy.source == "kernel":
+            live = "1" in (
+                image.sysctl("net.ipv6.conf.all.proxy_ndp"),
+                image.sysctl(f"net.ipv6.conf.{proxy.interface}.proxy_ndp"),
+            )
+            if live:
+                lines.append(f"neigh add proxy {proxy.prefix.split('/')[0]} dev {proxy.interface}")
+                on.add(proxy.interface)
+        elif member is not None and ipaddress.ip_address(member) in ipaddress.ip_network(
+            proxy.prefix, strict=False
+        ):
+            lines.append(f"neigh add proxy {member} dev {proxy.interface}")
+            on.add(proxy.interface)
+    with inside(twin.names.gw):
+        for name in sorted(on):
+            _write_sysctl(f"/proc/sys/net/ipv6/conf/{name}/proxy_ndp", "1")
+            # The kernel answers for a proxied address after a random delay of up to
+            # proxy_delay (0.8 s), longer than a twin's flow waits; ndppd answers at once.
+            _write_sysctl(f"/proc/sys/net/ipv6/neigh/{name}/proxy_delay", "0")
+    if lines:
+        done = twin.gateway.run(
+            ["ip", "-6", "-batch", "-"], input="\n".join(dict.fromkeys(lines)) + "\n"
+        )
+        if done.returncode != 0:
+            raise TwinLoadFailed(
+                "the NDP proxy entries", done.stderr.strip() or "ip -6 neigh failed"
+            )
+
+
 @contextlib.contextmanager
 def build_twin(
     image: GatewayImage,
@@ -249,6 +292,7 @@ def build_twin(
         except (OSError, ValueError) as error:  # pyroute2's NetlinkError is an OSError
             raise TwinLoadFailed("the gateway's interfaces and routes", str(error)) from None
         _load_sysctls(twin)
+        _load_ndp_proxies(twin)
         twin.native = load_filters(twin.gateway, image, trace)
         yield twin
     finally:

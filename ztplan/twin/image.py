@@ -10,7 +10,12 @@ host work) and without ever writing:
     iptables-legacy   `iptables-legacy-save`, `ip6tables-legacy-save`, only when they hold
                       a rule or a non-ACCEPT policy (the kernel runs both stacks)
     ipset             `ipset save`, only when a rule matches a set (`-m set`)
-    sysctls           forwarding, rp_filter and disable_ipv6: all, default and per interface
+    sysctls           forwarding, rp_filter, disable_ipv6, proxy_ndp, proxy_arp: all, default
+                      and per interface
+    NDP proxies       the kernel's proxy neighbours (`ip -6 neigh show proxy`) and, when an
+                      ndppd runs in the target's namespace, the prefixes of its config's rules
+                      (ndppd answers neighbour discovery for members' addresses on the WAN
+                      side: without it a members' prefix inside the WAN /64 is unreachable)
     interfaces        names, addresses with prefix length, MTU (`ip -j addr`); a role each:
                       zerotier (the name matches the ZeroTier pattern), wan (holds a default
                       route), other
@@ -38,10 +43,13 @@ __all__ = [
     "GatewayImage",
     "Interface",
     "Listener",
+    "NdpProxy",
     "NftTable",
     "is_trivial_save",
     "parse_addresses",
+    "ndppd_config_path",
     "parse_listeners",
+    "parse_proxy_neighbours",
     "parse_routes",
     "read_image",
     "split_nft_ruleset",
@@ -106,6 +114,16 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class NdpProxy:
+    """Neighbour solicitations for `prefix` answered on `interface` by the gateway."""
+
+    interface: str
+    prefix: str
+    """An address (`/128`) for a kernel entry, a prefix for an ndppd rule."""
+    source: Literal["kernel", "ndppd"]
+
+
+@dataclass(frozen=True)
 class GatewayImage:
     """Everything that decides the gateway's packet path (see the module docstring)."""
 
@@ -124,6 +142,7 @@ class GatewayImage:
     interfaces: tuple[Interface, ...] = ()
     routes: tuple[DefaultRoute, ...] = ()
     listeners: tuple[Listener, ...] = ()
+    ndp_proxies: tuple[NdpProxy, ...] = ()
     warnings: tuple[str, ...] = ()
     """What could not be read (a tool not installed) and so is not in the twin."""
 
@@ -238,6 +257,62 @@ def split_nft_ruleset(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def parse_proxy_neighbours(text: str) -> list[NdpProxy]:
+    """`ip -6 -j neigh show proxy` -> the kernel's proxy entries."""
+    return [
+        NdpProxy(str(n["dev"]), f"{n['dst']}/128", "kernel")
+        for n in json.loads(text or "[]")
+        if "dst" in n and "dev" in n
+    ]
+
+
+def ndppd_config_path(cmdline: str) -> str:
+    """The config an ndppd command line reads (`-c PATH`, `-cPATH`, `--config PATH`)."""
+    argv = cmdline.split()
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("-c") and len(arg) > 2:
+            return arg[2:]
+        if arg.startswith("--config="):
+            return arg.removeprefix("--config=")
+    return "/etc/ndppd.conf"
+
+
+def _ndppd_proxies(host: Host, warnings: list[str]) -> list[NdpProxy]:
+    """The rules of the ndppd daemons that run in the target's network namespace, read
+    from the config each was started with."""
+    from ztplan.ndppd_conf import NdppdConfError, parse_ndppd_conf
+
+    found = _run(host, ["pgrep", "-a", "-x", "ndppd"])
+    here = _run(host, ["readlink", "/proc/self/ns/net"])
+    if found is None or here is None:
+        return []
+    out: list[NdpProxy] = []
+    for line in found.stdout.splitlines():
+        pid, _, cmdline = line.strip().partition(" ")
+        theirs = _run(host, ["readlink", f"/proc/{pid}/ns/net"])
+        if theirs is None or theirs.stdout.strip() != here.stdout.strip():
+            continue  # another namespace's ndppd
+        path = ndppd_config_path(cmdline)
+        text = host.read_file(path)
+        try:
+            conf = parse_ndppd_conf(text or "")
+        except NdppdConfError as error:
+            warnings.append(
+                f"ndppd (pid {pid}) runs with {path}, which ztplan cannot read: {error}"
+            )
+            continue
+        if text is None:
+            warnings.append(f"ndppd (pid {pid}) runs with {path}, which is gone")
+        out += [
+            NdpProxy(proxy.interface, rule.prefix, "ndppd")
+            for proxy in conf.proxies
+            for rule in proxy.rules
+        ]
+    return out
+
+
 def is_trivial_save(text: str) -> bool:
     """An iptables-save dump with no rule and only ACCEPT policies: the same as nothing."""
     for line in text.splitlines():
@@ -323,6 +398,12 @@ def read_image(host: Host, *, zerotier: str = "zt+", wan: Sequence[str] = ()) ->
     tcp = host.run(["cat", "/proc/net/tcp", "/proc/net/tcp6"])  # tcp6 is absent without IPv6
     listeners = parse_listeners(tcp.stdout)
 
+    proxies: list[NdpProxy] = []
+    neighbours = _run(host, ["ip", "-6", "-j", "neigh", "show", "proxy"])
+    if neighbours is not None:
+        proxies += parse_proxy_neighbours(neighbours.stdout)
+    proxies += _ndppd_proxies(host, warnings)
+
     return GatewayImage(
         iptables=iptables,
         nft_tables=tuple(tables),
@@ -332,6 +413,7 @@ def read_image(host: Host, *, zerotier: str = "zt+", wan: Sequence[str] = ()) ->
         interfaces=tuple(interfaces),
         routes=tuple(routes),
         listeners=tuple(listeners),
+        ndp_proxies=tuple(proxies),
         warnings=tuple(warnings),
     )
 
@@ -346,7 +428,9 @@ def sysctl_paths(interfaces: Sequence[str]) -> list[str]:
     for name in ("all", "default", *interfaces):
         paths += [
             f"/proc/sys/net/ipv4/conf/{name}/rp_filter",
+            f"/proc/sys/net/ipv4/conf/{name}/proxy_arp",
             f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6",
+            f"/proc/sys/net/ipv6/conf/{name}/proxy_ndp",
         ]
     for name in ("default", *interfaces):
         paths += [

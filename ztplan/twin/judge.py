@@ -11,6 +11,7 @@ the packet was last seen).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass
 
 from ztplan.twin.build import Twin
@@ -67,9 +68,33 @@ def _kernel_note(twin: Twin, flow: Flow, outcome: Outcome) -> str:
     text = "no nftables chain dropped it"
     if hints:
         text += "; the kernel did not forward it: " + ", ".join(hints)
+    unanswered = _unproxied_on_link(twin) if flow.family == "ipv6" else None
+    if unanswered:
+        text += f"; {unanswered}"
     if outcome.events:
         text += f"; last seen in {outcome.events[-1].where}"
     return text
+
+
+def _unproxied_on_link(twin: Twin) -> str | None:
+    """The member's IPv6 address inside the WAN link's own prefix with nothing answering
+    neighbour discovery for it there: the next hop cannot reach the member (ndppd's job)."""
+    member, wan = twin.layout.member.get("ipv6"), twin.layout.wan_interface.get("ipv6")
+    interface = twin.image.interface(wan) if wan else None
+    if member is None or interface is None:
+        return None
+    address = ipaddress.ip_address(member)
+    on_link = next((n for n in interface.networks("ipv6") if address in n.network), None)
+    proxied = any(
+        p.interface == interface.name and address in ipaddress.ip_network(p.prefix, strict=False)
+        for p in twin.image.ndp_proxies
+    )
+    if on_link is None or proxied:
+        return None
+    return (
+        f"the member's {member} is inside {interface.name}'s on-link prefix {on_link.network} "
+        "and nothing answers neighbour discovery for it there (ndppd, proxy_ndp)"
+    )
 
 
 @dataclass(frozen=True)
