@@ -9,6 +9,7 @@ read with read_image, then real packets through a twin of it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -491,9 +492,22 @@ def test_a_table_that_does_not_load_is_an_error_naming_it(gateway: str) -> None:
     broken = NftTable(
         "inet", "broken", "table inet broken {\n\tchain c {\n\t\tno such thing\n\t}\n}\n", False
     )
-    image = type(image)(**{**image.__dict__, "nft_tables": (*image.nft_tables, broken)})
+    image = dataclasses.replace(image, nft_tables=(*image.nft_tables, broken))
     with pytest.raises(TwinLoadFailed, match="nftables table inet broken"):
         verify(image, [OUT4])
+
+
+def test_a_restore_that_fails_is_an_error_quoting_iptables(gateway: str) -> None:
+    image = read_image(LocalHost(gateway))
+    text = "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m nosuchmatch -j ACCEPT\nCOMMIT\n"
+    image = dataclasses.replace(image, iptables={**image.iptables, "ipv4": text})
+    with pytest.raises(TwinLoadFailed) as caught:
+        verify(image, [OUT4])
+    assert str(caught.value) == (
+        "cannot reproduce the ipv4 iptables-nft tables (iptables-nft-restore) in the twin: "
+        "Couldn't load match `nosuchmatch':No such file or directory (line 3)"
+    )
+    assert not _twins()
 
 
 # --- the twin and only the twin ----------------------------------------------------------------

@@ -36,7 +36,7 @@ from ztplan.twin.image import (
     sysctl_paths,
 )
 from ztplan.twin.layout import plan_layout
-from ztplan.twin.load import nft_shape, strip_owner_flag
+from ztplan.twin.load import first_error, nft_shape, strip_owner_flag
 from ztplan.twin.netns import check_available, new_names, owner_alive
 from ztplan.twin.probe import Packet, Probe, syn_mss
 from ztplan.twin.trace import NFT_MSG_TRACE, decode_messages
@@ -174,6 +174,20 @@ def test_nft_shape_ignores_counters_order_and_empty_accept_chains() -> None:
     )
     assert nft_shape(a) == nft_shape(b)
     assert nft_shape(a) != nft_shape(b.replace(" accept\n\t}\n}", " drop\n\t}\n}"))
+
+
+def test_first_error_quotes_the_tools_own_line() -> None:
+    iptables = (
+        "iptables-restore v1.8.9 (nf_tables): Couldn't load match `nosuchmatch':No such file "
+        "or directory\n\nError occurred at line: 3\nTry `iptables-restore -h' or "
+        "'iptables-restore --help' for more information.\n"
+    )
+    assert first_error(iptables) == (
+        "Couldn't load match `nosuchmatch':No such file or directory (line 3)"
+    )
+    nft = "/dev/stdin:3:16-16: Error: syntax error, unexpected newline\n\t\tno such\n\t\t^\n"
+    assert first_error(nft) == "syntax error, unexpected newline (line 3)"
+    assert first_error("") == "failed"
 
 
 def test_is_trivial_save() -> None:

@@ -25,7 +25,14 @@ from ztplan.errors import TwinLoadFailed
 from ztplan.host import CommandResult, Host
 from ztplan.twin.image import FAMILIES, GatewayImage, NftTable
 
-__all__ = ["TRACE_TABLE", "TRACE_RULESET", "load_filters", "nft_shape", "strip_owner_flag"]
+__all__ = [
+    "TRACE_RULESET",
+    "TRACE_TABLE",
+    "first_error",
+    "load_filters",
+    "nft_shape",
+    "strip_owner_flag",
+]
 
 TRACE_TABLE = "ztplan_twin_trace"
 TRACE_RULESET = f"""table inet {TRACE_TABLE} {{
@@ -83,11 +90,23 @@ def nft_shape(text: str) -> dict[str, list[str]]:
     }
 
 
-def _first_error(stderr: str) -> str:
-    for line in stderr.splitlines():
-        if "Error" in line or "error" in line:
-            return re.sub(r"^\S*: ", "", line.strip())
-    return stderr.strip().splitlines()[0] if stderr.strip() else "failed"
+def first_error(stderr: str) -> str:
+    """The line of a tool's stderr that says what is wrong: nft's `Error: ...` (with the
+    input line it points at), iptables-restore's own message (with its `line N`)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if "Error:" in line:
+            where = re.match(r"^\S+?:(\d+):", line)
+            message = line[line.index("Error:") + len("Error: ") :]
+            return f"{message} (line {where.group(1)})" if where else message
+    at = next(
+        (m.group(1) for x in lines if (m := re.match(r"Error occurred at line: (\d+)", x))), None
+    )
+    for line in lines:
+        text = re.sub(r"^\S*tables\S*( v[\d.]+)?( \([^)]*\))?: ", "", line)
+        if not text.startswith(("Error occurred at line", "Try `")):
+            return f"{text} (line {at})" if at else text
+    return "failed"
 
 
 def _run_all(jobs: Sequence[tuple[str, Callable[[], CommandResult]]]) -> None:
@@ -99,7 +118,7 @@ def _run_all(jobs: Sequence[tuple[str, Callable[[], CommandResult]]]) -> None:
         results = list(pool.map(lambda job: (job[0], job[1]()), jobs))
     for what, done in results:
         if done.returncode != 0:
-            raise TwinLoadFailed(what, _first_error(done.stderr))
+            raise TwinLoadFailed(what, first_error(done.stderr))
 
 
 def load_filters(host: Host, image: GatewayImage, trace: bool = True) -> set[str]:
@@ -108,7 +127,7 @@ def load_filters(host: Host, image: GatewayImage, trace: bool = True) -> set[str
     if image.ipsets:
         done = host.run(["ipset", "restore", "-exist"], input=image.ipsets)
         if done.returncode != 0:
-            raise TwinLoadFailed("the ipsets", _first_error(done.stderr))
+            raise TwinLoadFailed("the ipsets", first_error(done.stderr))
     natives = [t for t in image.native_tables if t.label != f"inet {TRACE_TABLE}"]
     nft_text = "".join(strip_owner_flag(t.text) for t in natives)
     nft_text += TRACE_RULESET if trace else ""
@@ -152,7 +171,7 @@ def _name_bad_table(host: Host, tables: Sequence[NftTable], detail: str) -> None
     for table in tables:
         done = host.run(["nft", "--check", "-f", "-"], input=strip_owner_flag(table.text))
         if done.returncode != 0:
-            raise TwinLoadFailed(f"nftables table {table.label}", _first_error(done.stderr))
+            raise TwinLoadFailed(f"nftables table {table.label}", first_error(done.stderr))
 
 
 _FAITHFUL: dict[str, bool] = {}
@@ -195,7 +214,7 @@ def _check_iptables_tables(host: Host, image: GatewayImage) -> set[str]:
             raise TwinLoadFailed(
                 f"nftables table {table.label}",
                 "iptables-nft-save does not show all of it (rules added with nft?) and nft "
-                f"cannot load its listing back: {_first_error(loaded.stderr)}",
+                f"cannot load its listing back: {first_error(loaded.stderr)}",
             )
         native.add(table.label)
     return native
