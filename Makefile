@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 SANDBOX := ztplan-sandbox
-SYSTEM_PACKAGES := iptables nftables ndppd iproute2 gnupg shellcheck
+SYSTEM_PACKAGES := iptables nftables ipset ndppd iproute2 gnupg shellcheck
 
 .PHONY: all system-packages install demo test lint bench sandbox-down clean
 

@@ -7,7 +7,11 @@
     ├── ControllerError(status, url)      HTTP failures as sentences; never the token
     ├── LockHeld(info, stale)             names the holder; hints force-unlock when stale
     ├── StalePlan(provider)               a saved plan's snapshot no longer matches the host
-    └── ApplyFailed(step, rolled_back)    what failed and what was put back
+    ├── ApplyFailed(step, rolled_back)    what failed and what was put back
+    ├── TwinUnavailable(reason)           no twin can be built here (no root, no netns, no nft):
+    │                                     callers say "verification skipped: REASON" once
+    └── TwinLoadFailed(what, detail)      the image cannot be reproduced in a twin: names the
+                                          table and quotes the tool's own error
 
 Anything else that escapes the engine is a bug: cli.py reports it as an internal error.
 """
@@ -28,6 +32,8 @@ __all__ = [
     "SourceError",
     "SpecError",
     "StalePlan",
+    "TwinLoadFailed",
+    "TwinUnavailable",
     "ZtplanError",
 ]
 
@@ -136,3 +142,22 @@ class ApplyFailed(ZtplanError):
         from ztplan.model import ApplyOutcome
 
         return ApplyOutcome(target=target, applied=False, steps=self.steps, error=str(self))
+
+
+class TwinUnavailable(ZtplanError):
+    """A twin of the gateway cannot be built on this machine; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"cannot build a twin of the gateway: {reason}")
+
+
+class TwinLoadFailed(ZtplanError):
+    """Part of the gateway's image could not be loaded into the twin, so a verdict on it
+    would be about another gateway: `what` names the table (or sysctl), `detail` quotes
+    the tool."""
+
+    def __init__(self, what: str, detail: str) -> None:
+        self.what = what
+        self.detail = detail
+        super().__init__(f"cannot reproduce {what} in the twin: {detail}")
