@@ -10,8 +10,9 @@ import ipaddress
 import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from ztplan.iptables import mistyped_target
 from ztplan.model import Finding
-from ztplan.spec import Spec
+from ztplan.spec import Spec, format_field, line_of
 
 __all__ = ["check_spec"]
 
@@ -155,12 +156,125 @@ def _needs_host(spec: Spec) -> bool:
     )
 
 
+_ADDRESS_OPTIONS = ("-s", "--source", "-d", "--destination")
+
+
+def _jump_typos(spec: Spec, file: str) -> list[Finding]:
+    """A jump to a name that is no chain of the spec and looks like a mistyped target
+    (`-j ACCEPTT`): an error before any host is read. Other unknown names may be chains of
+    other tools (`-j DOCKER-USER`): the plan checks them against the live table."""
+    findings = []
+    for family in ("ipv4", "ipv6"):
+        fam = getattr(spec.firewall, family, None) if spec.firewall else None
+        for table_name, table in (fam.tables() if fam else {}).items():
+            for chain, chain_spec in table.chains.items():
+                for i, rule in enumerate(chain_spec.rules):
+                    words = shlex.split(rule) if '"' in rule or "'" in rule else rule.split()
+                    target = _option(words, "-j", "--jump", "-g", "--goto")
+                    meant = (
+                        mistyped_target(target) if target and target not in table.chains else None
+                    )
+                    if target is None or meant is None:
+                        continue
+                    path = ("firewall", family, table_name, chain, i)
+                    line = line_of(spec, path)
+                    field = format_field(path)
+                    findings.append(
+                        Finding(
+                            severity="error",
+                            address=field,
+                            message=f"{file}:{line}: {field}: jumps to {target}, which is no "
+                            f"target and no chain of the spec; did you mean {meant}?",
+                        )
+                    )
+    return findings
+
+
+def _zero_prefix_on_an_address(spec: Spec) -> list[Finding]:
+    """`-d 10.6.4.0/0` is "any address": the guide's own typo that opens a rule to all."""
+    findings = []
+    for family in ("ipv4", "ipv6"):
+        fam = getattr(spec.firewall, family, None) if spec.firewall else None
+        for table_name, table in (fam.tables() if fam else {}).items():
+            for chain, chain_spec in table.chains.items():
+                for i, rule in enumerate(chain_spec.rules):
+                    words = rule.split()
+                    for j, word in enumerate(words[:-1]):
+                        value = words[j + 1]
+                        if word not in _ADDRESS_OPTIONS or not value.endswith("/0"):
+                            continue
+                        address = value.split("/")[0].lstrip("!")
+                        try:
+                            if ipaddress.ip_address(address).is_unspecified:
+                                continue  # 0.0.0.0/0 says what it means
+                        except ValueError:
+                            continue
+                        findings.append(
+                            Finding(
+                                severity="warning",
+                                address=f"firewall.{family}.{table_name}.{chain}[{i}]",
+                                message=f"{word} {value} matches every address (a /0 prefix); "
+                                f"did you mean a longer prefix for {address}?",
+                            )
+                        )
+    return findings
+
+
+def _inbound_v6_open(spec: Spec) -> list[Finding]:
+    """An IPv6 FORWARD accept from the WAN side to the members' prefix with no state match:
+    every host on the Internet reaches every member (the guide's appendix made it stateful)."""
+    findings = []
+    prefixes = [
+        ipaddress.ip_network(r.target)
+        for n in spec.networks
+        for r in n.routes or []
+        if ipaddress.ip_network(r.target).version == 6 and ipaddress.ip_network(r.target).prefixlen
+    ]
+    for i, words in _rules(spec, "ipv6", "filter", "FORWARD"):
+        if _option(words, "-j", "--jump") != "ACCEPT" or "--state" in words or "--ctstate" in words:
+            continue
+        target = _option(words, "-d", "--destination")
+        iface = _option(words, "-i", "--in-interface") or ""
+        if target is None or iface.startswith("zt"):
+            continue
+        try:
+            net = ipaddress.ip_network(target, strict=False)
+        except ValueError:
+            continue
+        if any(net.version == p.version and (net.overlaps(p)) for p in prefixes) or not prefixes:
+            findings.append(
+                Finding(
+                    severity="warning",
+                    address=f"firewall.ipv6.filter.FORWARD[{i}]",
+                    message=f"accepts all inbound IPv6 to {net} from the WAN side, not only "
+                    "replies: every host on the Internet reaches the members; add "
+                    "`-m state --state RELATED,ESTABLISHED` (the gateway shorthand's "
+                    "`inbound: stateful`) unless that is what you want",
+                )
+            )
+    return findings
+
+
 def check_spec(
-    spec: Spec, addresses: Addresses | Callable[[], Addresses | None] | None
+    spec: Spec,
+    addresses: Addresses | Callable[[], Addresses | None] | None,
+    file: str = "spec",
 ) -> list[Finding]:
     """All cross-provider findings. `addresses` (or a function that reads them, called only
-    when a check needs the host: reading costs ~0.1 s) None means they are unknown."""
+    when a check needs the host: reading costs ~0.1 s) None means they are unknown; `file`
+    names the spec in findings that point at a line."""
     findings = _via_outside_routes(spec) + _forward_drop_lets_zerotier_out(spec)
+    findings += _zero_prefix_on_an_address(spec) + _inbound_v6_open(spec) + _jump_typos(spec, file)
+    if spec._shorthand is not None and spec._shorthand.forward_policy == "ACCEPT":
+        findings.append(
+            Finding(
+                severity="warning",
+                address="gateway.forward_policy",
+                message="FORWARD policy ACCEPT with NAT: anyone next to the WAN can route "
+                "through this gateway into the ZeroTier network (an open router); the "
+                "default DROP forwards only what the gateway's rules accept",
+            )
+        )
     if callable(addresses):
         addresses = addresses() if _needs_host(spec) else None
     if addresses is not None:

@@ -75,7 +75,7 @@ class ControllerKind(StrEnum):
 SpecArg = Annotated[
     str | None,
     typer.Argument(
-        metavar="[SPEC]",
+        metavar="SPEC",
         help=f"Spec file (plan, validate: default {DEFAULT_SPEC}).",
         show_default=False,
     ),
@@ -120,6 +120,13 @@ RootOpt = Annotated[
         metavar="DIR",
         envvar="ZTPLAN_ROOT",
         help="Where `persist` writes boot files: / on a real host.",
+    ),
+]
+NoVerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-verify",
+        help="Do not prove the gateway's flows with real packets through a twin of it.",
     ),
 ]
 LockTimeoutOpt = Annotated[
@@ -236,14 +243,14 @@ def validate(
 
     def body() -> int:
         from ztplan import render
-        from ztplan.errors import ZtplanError
+        from ztplan.errors import Problems
         from ztplan.run import validate_spec
 
         loaded, source, found = validate_spec(_options(spec or DEFAULT_SPEC, repo=repo, ref=ref))
-        _err(render.findings(found))
+        _err(render.findings([f for f in found if f.severity != "error"]))
         errors = [f for f in found if f.severity == "error"]
         if errors:
-            raise ZtplanError(f"{source.path}: {len(errors)} error(s): {errors[0].message}")
+            raise Problems([render.findings([e]).removeprefix("Error: ").strip() for e in errors])
         if expand:
             from ztplan.run import expanded
 
@@ -280,8 +287,9 @@ def plan(
     lock_timeout: LockTimeoutOpt = 0.0,
     target: TargetOpt = None,
     root: RootOpt = Path("/"),
+    no_verify: NoVerifyOpt = False,
 ) -> None:
-    """Show what apply would change."""
+    """Show what apply would change, and what it does to the gateway's flows."""
     fmt = Format.json if json_ else fmt
 
     def body() -> int:
@@ -298,6 +306,7 @@ def plan(
             targets=target,
             lock_timeout=lock_timeout,
             root=root,
+            verify=not no_verify,
         )
         result = run.plan(out)
         _out(render.plan(result, fmt.value, _color()))
@@ -392,8 +401,17 @@ def apply(
         typer.Option("--require-signed", help="Refuse a spec commit without a good signature."),
     ] = False,
     root: RootOpt = Path("/"),
+    no_verify: NoVerifyOpt = False,
+    allow_lockout: Annotated[
+        bool,
+        typer.Option(
+            "--allow-lockout",
+            help="Apply even if it cuts a management port (SSH) reachable now from the WAN.",
+        ),
+    ] = False,
 ) -> None:
-    """Make the changes, in a safe order, under the target's lock."""
+    """Make the changes, in a safe order, under the target's lock; refused when it would
+    cut a management port (SSH) that is reachable now."""
     fmt = Format.json if json_ else fmt
 
     def body() -> int:
@@ -411,6 +429,7 @@ def apply(
             targets=target,
             lock_timeout=lock_timeout,
             root=root,
+            verify=not no_verify,
         )
         stopper = _Stopper()
 
@@ -435,6 +454,7 @@ def apply(
                     confirm_within=confirm_within,
                     allow_non_descendant=allow_non_descendant,
                     require_signed=require_signed,
+                    allow_lockout=allow_lockout,
                     stop=stopper.requested,
                 )
         except Cancelled as said:
@@ -652,8 +672,10 @@ def drift(
         ),
     ] = 60.0,
     root: RootOpt = Path("/"),
+    no_verify: NoVerifyOpt = False,
 ) -> None:
-    """Plan for cron and CI: exit 0 clean, 2 drift, 1 error; quiet when clean.
+    """Plan for cron and CI: exit 0 clean, 2 drift (or a flow that should work does not),
+    1 error; quiet when clean.
 
     Never changes anything, and holds the target's lock only while it reads the host.
     """
@@ -672,6 +694,7 @@ def drift(
                 netns=netns,
                 state_dir=state_dir,
                 root=root,
+                verify=not no_verify,
             ),
             lock_timeout,
         )
@@ -686,16 +709,50 @@ def drift(
             _out(render.metrics(report, *applied))
         else:
             _out(render.drift(report, fmt.value))
-        return 2 if report.plan.changes or report.plan.errors else 0
+        failing = report.plan.verification.failing_now if report.plan.verification else []
+        return 2 if report.plan.changes or report.plan.errors or failing else 0
 
     _guard(fmt is DriftFormat.json, body)
+
+
+@app.command(short_help="Prove the gateway's flows with real packets (0 ok, 2 not, 1 error).")
+def verify(
+    spec: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="SPEC", help=f"Spec file (default {DEFAULT_SPEC}).", show_default=False
+        ),
+    ] = None,
+    repo: RepoOpt = None,
+    ref: RefOpt = None,
+    netns: NetnsOpt = None,
+    state_dir: StateDirOpt = Path("state"),
+    json_: JsonOpt = False,
+    lock_timeout: Annotated[
+        float,
+        typer.Option("--lock-timeout", metavar="SECONDS", help="Wait this long for an apply."),
+    ] = 60.0,
+) -> None:
+    """Build a twin of the gateway out of network namespaces, load its whole packet filter
+    and send real packets for its flows: exit 0 when each behaves as declared, 2 when one
+    does not (naming who dropped it), 1 on error."""
+
+    def body() -> int:
+        from ztplan import render
+
+        run = _open(spec or DEFAULT_SPEC, repo=repo, ref=ref, netns=netns, state_dir=state_dir)
+        result = run.verify(lock_timeout)
+        _out(render.verification(result, "json" if json_ else "human", _color()))
+        return 2 if result.failing_now else 0
+
+    _guard(json_, body)
 
 
 @app.command(short_help="Print a saved plan, or the recorded state.")
 def show(
     planfile: Annotated[
         Path | None,
-        typer.Argument(metavar="[PLANFILE]", help="A plan saved with plan -o.", show_default=False),
+        typer.Argument(metavar="PLANFILE", help="A plan saved with plan -o.", show_default=False),
     ] = None,
     state: Annotated[bool, typer.Option("--state", help="Show what the applies recorded.")] = False,
     target: Annotated[

@@ -2,6 +2,7 @@
 
     ZtplanError(message, hint=None)       base: one line the user can act on
     ├── SpecError(file, field, expected)  "specs/gw.yaml: firewall.ipv4.nat.POSTROUTING[0]: ..."
+    ├── Problems(messages)                several at once (every error of a spec), a line each
     ├── SourceError                       bad ref, unreadable repository or file
     ├── LiveReadError(provider)           iptables-save failed, /proc unreadable, no such netns
     ├── ControllerError(status, url)      HTTP failures as sentences; never the token
@@ -29,6 +30,7 @@ __all__ = [
     "ControllerError",
     "LiveReadError",
     "LockHeld",
+    "Problems",
     "SourceError",
     "SpecError",
     "StalePlan",
@@ -64,6 +66,17 @@ class SpecError(ZtplanError):
         self.line = line
         where = f"{file}:{line}" if line is not None else file
         super().__init__(f"{where}: {field}: {expected}" if field else f"{where}: {expected}")
+
+
+class Problems(ZtplanError):
+    """Several problems at once (every error of a spec): one line each."""
+
+    def __init__(self, messages: Sequence[str]) -> None:
+        self.messages = list(messages)
+        super().__init__(self.messages[0] if self.messages else "invalid")
+
+    def lines(self) -> list[str]:
+        return list(self.messages)
 
 
 class SourceError(ZtplanError):

@@ -1,8 +1,13 @@
-"""The `gateway:` shorthand -> ordinary resources: the guide's exit gateway as data.
+"""The `gateway:` shorthand -> ordinary resources: the guide's exit gateway as data, safe by
+default.
 
     NAT        ipv4.nat.POSTROUTING: no NAT inside the subnet, then SNAT or MASQUERADE
+    IPv4       ipv4.filter: FORWARD policy DROP; out from the ZeroTier side (the subnet); in
+               from the WAN side only replies (the guide left FORWARD open: an open router)
     IPv6       ipv6.filter: FORWARD policy DROP; out from the ZeroTier side; in from the WAN
-               side either open or only replies (stateful)
+               side only replies (stateful, the default) or open
+    MSS        mangle FORWARD: TCP SYNs clamped to the path MTU, both families (ZeroTier's
+               MTU is 2800, a WAN's 1500: TCP stalls where path MTU discovery fails)
     sysctl     net.ipv4.ip_forward, net.ipv6.conf.all.forwarding
     ndppd      a proxy on the WAN interface for the members' prefix
     controller the subnet, 0.0.0.0/0 via the gateway, the members' IPv6 prefix; the pool;
@@ -40,7 +45,16 @@ def gateway_parts(gw: Gateway) -> dict[str, Any]:
             if gw.ipv4.nat == "masquerade"
             else f"-s {subnet} -j SNAT --to-source {gw.ipv4.nat}"
         )
-        firewall["ipv4"] = {"nat": {"POSTROUTING": [f"-s {subnet} -d {subnet} -j RETURN", nat]}}
+        firewall["ipv4"] = {
+            "nat": {"POSTROUTING": [f"-s {subnet} -d {subnet} -j RETURN", nat]},
+            "filter": {
+                "policy": {"FORWARD": gw.forward_policy},
+                "FORWARD": [
+                    f"-i {zt} -s {subnet} -j ACCEPT",
+                    f"-i {wan} -d {subnet} -m state --state RELATED,ESTABLISHED -j ACCEPT",
+                ],
+            },
+        }
         routes += [{"target": subnet}, {"target": "0.0.0.0/0", "via": gw.ipv4.address}]
         if gw.ipv4.pool:
             hosts = ipaddress.IPv4Network(subnet)
@@ -63,6 +77,10 @@ def gateway_parts(gw: Gateway) -> dict[str, Any]:
         if gw.ipv6.ndp_proxy is not None:
             rule = {"prefix": gw.ipv6.ndp_proxy.prefix, "method": gw.ipv6.ndp_proxy.method}
             proxies.append({"interface": wan, "rules": [rule]})
+    if gw.mss_clamp:
+        clamp = "-p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
+        for family in firewall:
+            firewall[family]["mangle"] = {"FORWARD": [clamp]}
     if gw.mtu is not None:
         network["mtu"] = gw.mtu
     if gw.dns is not None:
@@ -132,6 +150,7 @@ def expand_gateway(spec: Spec, file: str) -> Spec:
 
     expanded = Spec.model_validate(data)
     expanded._text = spec._text
+    expanded._shorthand = gw
     return expanded
 
 

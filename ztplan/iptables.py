@@ -39,10 +39,12 @@ __all__ = [
     "TABLES",
     "LEGACY_TAG",
     "MAX_CHAIN",
+    "TARGETS",
     "Table",
     "is_legacy",
     "jump_rule",
     "jump_target",
+    "mistyped_target",
     "own_chain",
     "own_chain_parts",
     "parse_save",
@@ -68,6 +70,22 @@ LEGACY_TAG = ("-m", "comment", "--comment", "ztplan")
 """How ztplan 0.1 tagged each rule it wrote (as four words of `iptables-save`)."""
 BUILTIN_TARGETS = frozenset({"ACCEPT", "DROP", "RETURN", "QUEUE"})
 """Verdicts that are neither extensions nor chains."""
+TARGETS = (
+    "ACCEPT DROP RETURN QUEUE REJECT LOG NFLOG ULOG SNAT DNAT MASQUERADE REDIRECT NETMAP "
+    "TCPMSS MARK CONNMARK CT NOTRACK TPROXY NFQUEUE TRACE CLASSIFY DSCP TOS TTL HL CHECKSUM "
+    "SET AUDIT IDLETIMER LED SECMARK CONNSECMARK TEE SYNPROXY HMARK RATEEST"
+).split()
+"""Verdicts and the target extensions of iptables 1.8 (`man iptables-extensions`)."""
+
+
+def mistyped_target(name: str) -> str | None:
+    """The target `name` looks like a typo of (`ACCEPTT` -> `ACCEPT`), if any."""
+    import difflib
+
+    if name in TARGETS:
+        return None
+    close = difflib.get_close_matches(name.upper(), TARGETS, n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 @dataclass

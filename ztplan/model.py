@@ -24,6 +24,8 @@ __all__ = [
     "Change",
     "DriftReport",
     "Finding",
+    "FlowCheck",
+    "FlowVerdict",
     "Partial",
     "Plan",
     "PlanContext",
@@ -31,6 +33,7 @@ __all__ = [
     "Snapshot",
     "SpecSource",
     "StepOutcome",
+    "Verification",
     "digest_of",
 ]
 
@@ -169,6 +172,74 @@ class Finding(_Frozen):
     )
 
 
+class FlowVerdict(_Frozen):
+    """What a flow did in the twin."""
+
+    ok: bool = Field(description="It behaved as expected (or could not be sent: `skipped`).")
+    passed: bool = Field(description="The traffic got through (MSS: was clamped).")
+    skipped: bool = Field(
+        default=False,
+        description="The twin could not send it (no address of the family on the ZeroTier "
+        "side, say): neither a pass nor a failure.",
+    )
+    observed: str = Field(description="One phrase: `reached 203.0.113.1 from 198.51.100.7`.")
+    culprit: str | None = Field(
+        default=None,
+        description="When not ok: the table, chain and rule (or policy) that dropped it, or "
+        "let it in.",
+    )
+
+
+class FlowCheck(_Frozen):
+    """One flow of a verification, on the live state and on the state the plan makes."""
+
+    name: str
+    kind: str = Field(description="outbound, inbound, management or mss.")
+    family: str
+    protocol: str
+    port: int
+    expect: Literal["pass", "blocked"]
+    now: FlowVerdict | None = None
+    after: FlowVerdict | None = Field(
+        default=None, description="In the state the plan would produce (plan, apply)."
+    )
+
+    @property
+    def cut(self) -> bool:
+        """A management flow that works now and would not after: a lock-out."""
+        return (
+            self.kind == "management"
+            and self.now is not None
+            and self.now.passed
+            and self.after is not None
+            and not self.after.passed
+        )
+
+
+class Verification(_Frozen):
+    """Real packets through a twin of the gateway (ztplan.verify)."""
+
+    skipped: str | None = Field(
+        default=None, description="Why no verification was made (no root, no netns...)."
+    )
+    flows: list[FlowCheck] = Field(default_factory=list)
+    warnings: list[str] = Field(
+        default_factory=list, description="What the twin could not read or reproduce."
+    )
+
+    @property
+    def failing_now(self) -> list[FlowCheck]:
+        return [f for f in self.flows if f.now is not None and not f.now.ok]
+
+    @property
+    def failing_after(self) -> list[FlowCheck]:
+        return [f for f in self.flows if f.after is not None and not f.after.ok]
+
+    @property
+    def lockouts(self) -> list[FlowCheck]:
+        return [f for f in self.flows if f.cut]
+
+
 class Partial(_Frozen):
     """A plan restricted with --target: what was asked, and how much of the plan is kept."""
 
@@ -210,6 +281,11 @@ class Plan(_Frozen):
     )
     partial: Partial | None = Field(
         default=None, description="Set when --target restricted the plan: the rest is not applied."
+    )
+    verification: Verification | None = Field(
+        default=None,
+        description="The gateway's flows, now and after the plan, with real packets through a "
+        "twin; None when not asked for (--no-verify).",
     )
     state_lineage: str | None = Field(
         default=None, description="Lineage of the state the plan was made against."

@@ -105,7 +105,7 @@ def make_plan(
         except OSError:
             return None
 
-    findings.extend(check_spec(spec, addresses))
+    findings.extend(check_spec(spec, addresses, source.path))
     ordered = order_changes(context.changes)
     partial = None
     if targets:

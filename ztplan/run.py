@@ -20,8 +20,17 @@ from pathlib import Path
 
 from ztplan.apply import Reporter
 from ztplan.errors import LockHeld, ZtplanError
-from ztplan.host import LocalHost
-from ztplan.model import ApplyOutcome, DriftReport, Finding, Plan, PlanContext, Snapshot, SpecSource
+from ztplan.host import Host, LocalHost
+from ztplan.model import (
+    ApplyOutcome,
+    DriftReport,
+    Finding,
+    Plan,
+    PlanContext,
+    Snapshot,
+    SpecSource,
+    Verification,
+)
 from ztplan.providers import Provider, Wiring, build_providers
 from ztplan.spec import Spec
 from ztplan.state import StateFile, read_state
@@ -58,6 +67,8 @@ class Options:
     root: Path = Path("/")
     targets: tuple[str, ...] = ()
     lock_timeout: float = 0.0
+    verify: bool = True
+    """Prove the gateway's flows with real packets through a twin (ztplan.verify)."""
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -218,13 +229,82 @@ class Run:
             plan = plan.model_copy(update={"findings": [*plan.findings, *conflicts]})
         return plan, snapshots
 
+    # --- verification -------------------------------------------------------------------
+
+    def _wants_verification(self, plan: Plan) -> bool:
+        """A spec with flows, or a plan that changes what decides the packet path (the
+        lock-out check): verified unless --no-verify. Nothing else pays for a twin."""
+        if not self.options.verify:
+            return False
+        changes = any(c.provider in ("firewall", "sysctl") for c in plan.changes)
+        return self.spec._shorthand is not None or self.spec.verify is not None or changes
+
+    def _verified(self, plan: Plan, snapshots: Mapping[str, Snapshot]) -> Plan:
+        """The plan with its verification: each flow on the live state and, if the plan
+        changes the firewall or sysctls, on the state it makes (the providers make those
+        changes in the twin), and the field warnings the live host shows."""
+        if not self._wants_verification(plan) or plan.errors:
+            return plan  # a plan with errors is not applied: nothing to prove of it
+        from ztplan.apply import plan_steps
+        from ztplan.verify import field_warnings, verify_spec
+
+        by_name = {p.name: p for p in self.providers}
+        steps = [s for s in plan_steps(plan.changes) if s.provider in ("firewall", "sysctl")]
+
+        def prepare(twin: Host) -> None:
+            for step in steps:
+                by_name[step.provider].apply(twin, step.changes, snapshots[step.provider])
+
+        verification, image = verify_spec(self.spec, self.host, prepare if steps else None)
+        findings = list(plan.findings)
+        forwarding = any(k.endswith(("ip_forward", "forwarding")) for k in self.spec.sysctl)
+        if image is not None:
+            findings += field_warnings(image, forwarding or self.spec._shorthand is not None)
+        for check in verification.flows:
+            verdict = check.after if check.after is not None else check.now
+            if verdict is not None and not verdict.ok and not check.cut:
+                when = "after this plan" if check.after is not None else "now"
+                findings.append(
+                    Finding(
+                        severity="warning",
+                        address=f"verify.{check.name}",
+                        message=f"{check.name} ({check.kind} {check.family} "
+                        f"{check.protocol}/{check.port}) should "
+                        f"{'pass' if check.expect == 'pass' else 'be blocked'} but does not "
+                        f"{when}: {verdict.observed}"
+                        + (f"; {verdict.culprit}" if verdict.culprit else ""),
+                    )
+                )
+        for check in verification.lockouts:
+            culprit = check.after.culprit if check.after else None
+            findings.append(
+                Finding(
+                    severity="warning",
+                    address=f"verify.{check.name}",
+                    message=f"this plan cuts {check.protocol} port {check.port} ({check.family}) "
+                    "from the WAN side, reachable now"
+                    + (f": {culprit}" if culprit else "")
+                    + "; apply refuses it unless --allow-lockout",
+                )
+            )
+        return plan.model_copy(update={"verification": verification, "findings": findings})
+
+    def verify(self, lock_timeout: float = 60.0) -> Verification:
+        """`ztplan verify`: the flows on the live state (the lock held while it reads)."""
+        from ztplan.verify import verify_spec
+
+        with self._locked("verify", lock_timeout):
+            verification, _ = verify_spec(self.spec, self.host)
+        return verification
+
     # --- the commands -------------------------------------------------------------------
 
     def plan(self, out: Path | None = None) -> Plan:
         """The plan; with `out`, also saved there (under the lock, so it is current)."""
         guard = self._locked("plan") if out else contextlib.nullcontext()
         with guard:
-            plan, _ = self._make_plan(self._notes())
+            plan, snapshots = self._make_plan(self._notes())
+            plan = self._verified(plan, snapshots)
             if out is not None:
                 from ztplan.state import write_atomic
 
@@ -240,6 +320,7 @@ class Run:
         confirm_within: float = 0.0,
         allow_non_descendant: bool = False,
         require_signed: bool = False,
+        allow_lockout: bool = False,
         stop: Callable[[], bool] = lambda: False,
     ) -> ApplyOutcome:
         """Plan under the lock, show it (`shown`), ask (`approve`: not asked for a saved
@@ -254,7 +335,18 @@ class Run:
             if self.saved is not None:
                 refuse_stale_saved_plan(str(self.options.spec), self.saved, plan, previous)
                 plan = self.saved  # the reviewed changes, against the same live state
+            plan = self._verified(plan, snapshots)
             shown(plan)
+            lockouts = plan.verification.lockouts if plan.verification else []
+            if lockouts and not allow_lockout:
+                ports = ", ".join(f"{c.protocol}/{c.port} ({c.family})" for c in lockouts)
+                culprit = next((c.after.culprit for c in lockouts if c.after), None)
+                raise ZtplanError(
+                    f"this apply would cut {ports} from the WAN side, reachable now"
+                    + (f" ({culprit})" if culprit else "")
+                    + "; nothing was applied",
+                    "allow it in the spec first, or pass --allow-lockout to apply anyway",
+                )
             if plan.errors:
                 raise ZtplanError(
                     f"the plan has {len(plan.errors)} error(s); nothing was applied: "
@@ -328,11 +420,21 @@ class Run:
 
     def drift(self, lock_timeout: float = 60.0) -> DriftReport:
         """A plan for cron and CI; holds the lock only while it reads (waiting for a
-        running apply up to `lock_timeout`)."""
+        running apply up to `lock_timeout`). Flows are verified on the live state only."""
         checked_at = time.time()
         with self._locked("drift", lock_timeout):
-            plan, _ = self._make_plan(self._notes())
+            plan, snapshots = self._make_plan(self._notes())
+            no_changes = plan.model_copy(update={"changes": []})
+            verified = self._verified(no_changes, snapshots) if self._flows_declared() else plan
+            plan = plan.model_copy(
+                update={"verification": verified.verification, "findings": verified.findings}
+            )
         return DriftReport(target=self.target, checked_at=checked_at, plan=plan)
+
+    def _flows_declared(self) -> bool:
+        return self.options.verify and (
+            self.spec._shorthand is not None or self.spec.verify is not None
+        )
 
     def previous(self) -> StateFile | None:
         return self._previous()
@@ -392,7 +494,7 @@ def validate_spec(options: Options) -> tuple[Spec, SpecSource, list[Finding]]:
     from ztplan.source import read_spec
 
     spec, source = read_spec(options.spec, options.repo, options.ref)
-    findings = list(check_spec(spec, None))
+    findings = list(check_spec(spec, None, source.path))
     if spec.ndppd is not None:
         from ztplan.providers.ndppd import Ndppd
 

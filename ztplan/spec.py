@@ -790,6 +790,105 @@ class Gateway(_Model):
         description="The network's `dns` (see Network), e.g. the gateway's ZeroTier address "
         "as the server. Not set: not managed.",
     )
+    mss_clamp: bool = Field(
+        default=True,
+        description="Clamp the TCP MSS of forwarded SYNs to the path MTU (mangle FORWARD "
+        "`-j TCPMSS --clamp-mss-to-pmtu`): ZeroTier's MTU (2800) is larger than a WAN's "
+        "(1500), and without it TCP through the gateway stalls where path MTU discovery "
+        "fails. `false`: no clamp.",
+    )
+    forward_policy: Literal["DROP", "ACCEPT"] = Field(
+        default="DROP",
+        description="The IPv4 FORWARD policy. `DROP` (the default): only what the gateway's "
+        "rules accept is forwarded (ZeroTier -> WAN from the subnet, and replies back), so "
+        "the gateway is no open router and a host with Docker (FORWARD policy DROP) still "
+        "forwards. `ACCEPT`: the guide's literal setup, warned about in every plan.",
+    )
+
+
+FlowKindName = Literal["outbound", "inbound", "management", "mss"]
+
+
+class VerifyFlow(_Model):
+    """One flow `ztplan verify` (and plan, apply, drift) sends real packets for, through a
+    twin of the gateway."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_. -]{0,39}$",
+        description="What the flow is called in the output, e.g. `web out`.",
+    )
+    kind: FlowKindName = Field(
+        description="`outbound`: a member -> a host on the Internet, the answer must come "
+        "back. `inbound`: a host on the Internet -> a member, unsolicited. `management`: a "
+        "host on the Internet -> the gateway's WAN address (TCP). `mss`: a member's TCP SYN "
+        "through the gateway, its MSS clamped."
+    )
+    family: Literal["ipv4", "ipv6"] = Field(description="The address family of the flow.")
+    protocol: Literal["tcp", "udp"] = Field(
+        default="tcp", description="`tcp` or `udp` (management and mss flows are TCP)."
+    )
+    port: int = Field(
+        default=443,
+        ge=1,
+        le=65535,
+        description="The server's port: on the Internet side (outbound, mss), on the member "
+        "(inbound), on the gateway (management).",
+    )
+    expect: Literal["pass", "blocked"] | None = Field(
+        default=None,
+        description="What must happen. Not set: `pass`, but `blocked` for inbound flows.",
+    )
+    source: str | None = Field(
+        default=None,
+        description="Outbound: the source address the Internet side must see: an address "
+        "(the SNAT address), `wan` (the gateway's WAN address: MASQUERADE) or `member` "
+        "(the member's own: routed IPv6). Not set: any source, as long as the answer comes "
+        "back.",
+    )
+    max_mss: int | None = Field(
+        default=None,
+        ge=88,
+        le=65495,
+        description="MSS flows: the largest MSS the Internet side may see. Not set: the WAN "
+        "MTU less 40 (IPv4) or 60 (IPv6).",
+    )
+
+    @model_validator(mode="after")
+    def _fits(self) -> VerifyFlow:
+        if self.kind in ("management", "mss") and self.protocol != "tcp":
+            raise ValueError(f"a {self.kind} flow is TCP")
+        if self.source not in (None, "wan", "member"):
+            _ip_address(self.source)
+        if self.source is not None and self.kind != "outbound":
+            raise ValueError("`source` is checked on outbound flows only")
+        return self
+
+
+class Verify(_Model):
+    """What `ztplan verify` proves with real packets through a twin of the gateway (network
+    namespaces with the gateway's interfaces, addresses and whole packet filter: iptables,
+    native nftables, iptables-legacy), beside the flows the `gateway:` shorthand implies
+    and the management ports found listening."""
+
+    zerotier_interface: InterfaceName | None = Field(
+        default=None,
+        description="The ZeroTier interface the twin's member hangs off, as iptables matches "
+        "it (`zt+`). Not set: the gateway shorthand's, else `zt+`.",
+    )
+    wan_interface: InterfaceName | None = Field(
+        default=None,
+        description="The WAN interface. Not set: the gateway shorthand's, else the interface "
+        "of the default route.",
+    )
+    flows: list[VerifyFlow] = Field(
+        default_factory=list, description="Flows to check, each with its expectation."
+    )
+    management_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=list,
+        description="TCP ports on the gateway that must stay reachable from the WAN side if "
+        "they are now, beside the ones found listening (sshd's): apply refuses a change that "
+        "cuts one, unless --allow-lockout.",
+    )
 
 
 _SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_@:+/-]+)+$")
@@ -823,6 +922,8 @@ class Spec(_Model):
 
     _text: str = PrivateAttr(default="")
     """The YAML it was parsed from, to give the line of a field in later errors."""
+    _shorthand: Gateway | None = PrivateAttr(default=None)
+    """The `gateway:` block the spec was expanded from (its flows are verified)."""
 
     version: Literal[1] = Field(
         description="Spec format version. Only `1` exists; a new format gets a new number."
@@ -863,6 +964,12 @@ class Spec(_Model):
     member: Member | None = Field(
         default=None,
         description="This host as a member of ZeroTier networks (a client of a gateway).",
+    )
+    verify: Verify | None = Field(
+        default=None,
+        description="Flows proven with real packets through a twin of the gateway, beside "
+        "those of the `gateway:` shorthand. Not set: the shorthand's flows and the "
+        "management ports found listening.",
     )
     persist: Literal["auto", "debian", "redhat", "none"] = Field(
         default="none",

@@ -285,8 +285,8 @@ def test_a_jump_to_a_chain_nowhere_is_a_plan_error_naming_the_line() -> None:
         (
             "error",
             "firewall.ipv4.filter.FORWARD[0]",
-            "gw.yaml:6: jumps to NOSUCHCHAIN, which is no target and no chain of the spec or "
-            "of the live ipv4 filter table",
+            "gw.yaml:6: firewall.ipv4.filter.FORWARD[0]: jumps to NOSUCHCHAIN, which is no "
+            "target and no chain of the spec or of the live ipv4 filter table",
         )
     ]
 

@@ -75,7 +75,14 @@ def test_explicit_resources_beside_the_shorthand_are_kept() -> None:
         "spec.yaml",
     )
     data = dump_data(spec)
-    assert data["firewall"]["ipv4"]["filter"] == {"INPUT": ["-p udp --dport 9993 -j ACCEPT"]}
+    assert data["firewall"]["ipv4"]["filter"] == {
+        "policy": {"FORWARD": "DROP"},  # the shorthand's, beside the INPUT chain written out
+        "INPUT": ["-p udp --dport 9993 -j ACCEPT"],
+        "FORWARD": [
+            "-i zt+ -s 10.6.4.0/22 -j ACCEPT",
+            "-i eth0 -d 10.6.4.0/22 -m state --state RELATED,ESTABLISHED -j ACCEPT",
+        ],
+    }
     assert data["firewall"]["ipv4"]["nat"]["POSTROUTING"][1].endswith("--to-source 45.32.69.220")
     assert data["sysctl"] == {
         "net.ipv4.ip_forward": 1,

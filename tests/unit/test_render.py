@@ -173,6 +173,7 @@ def test_the_json_plan_reads_back_as_the_same_plan() -> None:
         "snapshots",
         "desired",
         "partial",
+        "verification",
         "state_lineage",
         "state_serial",
         "spec_text",

@@ -51,6 +51,7 @@ from ztplan.iptables import (
     is_legacy,
     jump_rule,
     jump_target,
+    mistyped_target,
     own_chain,
     own_chain_parts,
     parse_save,
@@ -362,8 +363,44 @@ class Firewall:
     # --- findings -----------------------------------------------------------------------
 
     def check(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
-        findings = self._missing_chains(spec, snapshot) + self._drop_left_behind(spec, snapshot)
-        return findings
+        return (
+            self._missing_chains(spec, snapshot)
+            + self._drop_left_behind(spec, snapshot)
+            + self._open_router(spec, snapshot)
+        )
+
+    def _open_router(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
+        """IPv4 forwarding and NAT with the FORWARD policy ACCEPT (the spec's, else the live
+        one) and no catch-all DROP: anyone next to the WAN can route through the gateway
+        into the ZeroTier network."""
+        v4 = spec.firewall.ipv4 if spec.firewall else None
+        nat = v4.nat.chains.get("POSTROUTING") if v4 and v4.nat else None
+        natting = nat is not None and any(
+            jump_target(r) in ("SNAT", "MASQUERADE") for r in nat.rules
+        )
+        if not natting or str(spec.sysctl.get("net.ipv4.ip_forward")) != "1":
+            return []
+        policy_address = Address("firewall.ipv4.filter.policy.FORWARD")
+        live = snapshot.resources.get(policy_address)
+        policy = (v4.filter.policy.get("FORWARD") if v4 and v4.filter else None) or (
+            live.value if live else "ACCEPT"
+        )
+        forward = v4.filter.chains.get("FORWARD") if v4 and v4.filter else None
+        closed = forward is not None and any(
+            r.split() in (["-j", "DROP"], ["-j", "REJECT"]) for r in forward.rules
+        )
+        if policy != "ACCEPT" or closed:
+            return []
+        return [
+            Finding(
+                severity="warning",
+                address=policy_address,
+                message="IPv4 forwarding and NAT with the FORWARD policy ACCEPT: anyone next "
+                "to the WAN can route through this gateway into the ZeroTier network (an "
+                "open router); set `policy: {FORWARD: DROP}` and accept the ZeroTier "
+                "subnet out and replies back",
+            )
+        ]
 
     def _missing_chains(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
         """A jump to a chain that neither the spec nor the live table defines (`-j ACCEPTT`):
@@ -373,16 +410,17 @@ class Firewall:
         for address, (path, chain) in self.externals.items():
             where = _where(address)
             live = parsed.get(where.family, {}).get(where.table, Table())
-            if chain in live.policies:
-                continue
+            if chain in live.policies or mistyped_target(chain):
+                continue  # there; or a typo the spec checks name with a suggestion
             line = line_of(spec, path)
+            field = format_field(path)
             findings.append(
                 Finding(
                     severity="error",
-                    address=format_field(path),
-                    message=f"{self.file}{f':{line}' if line else ''}: jumps to {chain}, which "
-                    f"is no target and no chain of the spec or of the live {where.family} "
-                    f"{where.table} table",
+                    address=field,
+                    message=f"{self.file}{f':{line}' if line else ''}: {field}: jumps to "
+                    f"{chain}, which is no target and no chain of the spec or of the live "
+                    f"{where.family} {where.table} table",
                 )
             )
         return findings

@@ -10,7 +10,15 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ztplan.model import ApplyOutcome, DriftReport, Finding, Plan, SpecSource, StepOutcome
+from ztplan.model import (
+    ApplyOutcome,
+    DriftReport,
+    Finding,
+    Plan,
+    SpecSource,
+    StepOutcome,
+    Verification,
+)
 
 if TYPE_CHECKING:
     from ztplan.render.human import HumanReporter
@@ -26,6 +34,7 @@ __all__ = [
     "reporter",
     "states",
     "validation",
+    "verification",
 ]
 
 
@@ -52,6 +61,14 @@ def drift(report: DriftReport, fmt: str) -> str:
     from ztplan.render.human import drift_lines
 
     return drift_lines(report)
+
+
+def verification(value: Verification, fmt: str, color: bool = False) -> str:
+    if fmt == "json":
+        return value.model_dump_json(indent=2) + "\n"
+    from ztplan.render.human import render_verification
+
+    return "\n".join(render_verification(value, color)) + "\n"
 
 
 def metrics(report: DriftReport, applied_at: str | None, commit: str | None) -> str:
@@ -83,7 +100,9 @@ def states(values: Sequence[StateFile], fmt: str) -> str:
 def findings(values: Sequence[Finding]) -> str:
     """Warnings and errors, one line each (validate's and the plan's)."""
     return "".join(
-        f"{f.severity.capitalize()}: {f.address + ': ' if f.address else ''}{f.message}\n"
+        f"{f.severity.capitalize()}: "
+        f"{f.address + ': ' if f.address and f'{f.address}: ' not in f.message else ''}"
+        f"{f.message}\n"
         for f in values
     )
 

@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Protocol
 
 from pydantic import JsonValue
 
-from ztplan.model import Action, ApplyOutcome, Change, DriftReport, Plan, SpecSource
+from ztplan.model import (
+    Action,
+    ApplyOutcome,
+    Change,
+    DriftReport,
+    FlowCheck,
+    FlowVerdict,
+    Plan,
+    SpecSource,
+    Verification,
+)
 
 if TYPE_CHECKING:
     from ztplan.state import StateFile
@@ -23,6 +33,7 @@ __all__ = [
     "render_plan",
     "render_source",
     "render_states",
+    "render_verification",
     "summary_line",
     "value_text",
 ]
@@ -131,10 +142,17 @@ def render_plan(plan: Plan, color: bool = False) -> str:
     for finding in plan.findings:
         label = "Error" if finding.severity == "error" else "Warning"
         code = "31;1" if finding.severity == "error" else "33;1"
-        about = f"{finding.address}: " if finding.address else ""
+        about = (
+            f"{finding.address}: "
+            if finding.address and finding.address not in finding.message
+            else ""
+        )
         out.append(_paint(f"{label}: ", code, color) + about + finding.message)
     if plan.findings:
         out.append("")
+    shown = render_verification(plan.verification, color)
+    if shown:
+        out += [*shown, ""]
     if not plan.changes and plan.errors:
         out.append(_paint("No changes planned, but the plan has errors (above).", "31;1", color))
     elif not plan.changes:
@@ -160,6 +178,39 @@ def render_plan(plan: Plan, color: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
+def _state(verdict: FlowVerdict | None, color: bool) -> str:
+    if verdict is None:
+        return "  -  "
+    if verdict.skipped:
+        return "skip "
+    return _paint("ok   ", "32", color) if verdict.ok else _paint("FAIL ", "31;1", color)
+
+
+def _flow_line(check: FlowCheck, color: bool, both: bool) -> str:
+    shown = check.after if check.after is not None else check.now
+    expect = " expected blocked" if check.expect == "blocked" else ""
+    what = f"{check.name} ({check.kind} {check.family} {check.protocol}/{check.port}{expect})"
+    said = ""
+    if shown is not None:
+        said = f": {shown.observed}" + (f"; {shown.culprit}" if shown.culprit else "")
+    states = _state(check.now, color) + ("-> " + _state(check.after, color) if both else "")
+    return f"  {states} {what}{said}"
+
+
+def render_verification(verification: Verification | None, color: bool = False) -> list[str]:
+    """The flows, now (and after the plan, when the plan changes the packet path)."""
+    if verification is None:
+        return []
+    if verification.skipped:
+        return [f"Verification skipped: {verification.skipped}"]
+    both = any(c.after is not None for c in verification.flows)
+    head = "now -> after this plan" if both else "now"
+    out = [f"Verification, real packets through a twin of this gateway ({head}):"]
+    out += [_flow_line(c, color, both) for c in verification.flows]
+    out += [f"  note: {w}" for w in verification.warnings]
+    return out
+
+
 def drift_lines(report: DriftReport) -> str:
     """One line per drifted resource, with before -> after, for cron mail and CI logs."""
     plan = report.plan
@@ -175,6 +226,14 @@ def drift_lines(report: DriftReport) -> str:
         for f in plan.findings
         if f.severity == "error"
     ]
+    for check in plan.verification.failing_now if plan.verification else []:
+        assert check.now is not None
+        culprit = f"; {check.now.culprit}" if check.now.culprit else ""
+        should = "pass" if check.expect == "pass" else "be blocked"
+        lines.append(
+            f"drift: {plan.target}: flow {check.name} ({check.kind} {check.family} "
+            f"{check.protocol}/{check.port}) should {should}: {check.now.observed}{culprit}"
+        )
     return "".join(line + "\n" for line in lines)
 
 

@@ -11,7 +11,7 @@ import json
 
 from pydantic import JsonValue
 
-from ztplan.model import Action, Change, DriftReport, Plan
+from ztplan.model import Action, Change, DriftReport, FlowVerdict, Plan
 from ztplan.render.human import render_source, where
 
 __all__ = ["render_drift_markdown", "render_markdown"]
@@ -90,6 +90,37 @@ def _ndppd_lines(change: Change) -> list[str]:
     return lines
 
 
+def _verification(plan: Plan) -> list[str]:
+    """The flows as a table: now -> after, what was seen, who dropped it."""
+    verification = plan.verification
+    if verification is None:
+        return []
+    if verification.skipped:
+        return [f"Verification skipped: {verification.skipped}", ""]
+
+    def state(verdict: FlowVerdict | None) -> str:
+        if verdict is None:
+            return ""
+        return "skip" if verdict.skipped else "ok" if verdict.ok else "**FAIL**"
+
+    out = [
+        "Verification (real packets through a twin of the gateway):",
+        "",
+        "| flow | expected | now | after | seen |",
+        "|---|---|---|---|---|",
+    ]
+    for check in verification.flows:
+        shown = check.after if check.after is not None else check.now
+        seen = ""
+        if shown is not None:
+            seen = _code(shown.observed) + (f" ({_code(shown.culprit)})" if shown.culprit else "")
+        what = f"{check.name} ({check.kind} {check.family} {check.protocol}/{check.port})"
+        out.append(
+            f"| {what} | {check.expect} | {state(check.now)} | {state(check.after)} | {seen} |"
+        )
+    return [*out, ""]
+
+
 def render_markdown(plan: Plan, max_rows: int = MAX_ROWS, full_plan: str = "plan.json") -> str:
     """Summary table, then warnings and errors, then the changes in a collapsed block."""
     adds, changes, destroys = plan.summary()
@@ -110,6 +141,7 @@ def render_markdown(plan: Plan, max_rows: int = MAX_ROWS, full_plan: str = "plan
         out.append(f"- {icon}{about}: {finding.message}")
     if plan.findings:
         out.append("")
+    out += _verification(plan)
     if not plan.changes:
         out.append("No changes. The live state matches the spec.")
     else:
