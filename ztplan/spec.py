@@ -488,6 +488,14 @@ class Ndppd(_Model):
         "Empty: ndppd proxies nothing.",
     )
 
+    @field_validator("config", "pidfile")
+    @classmethod
+    def _no_parent_steps(cls, value: str | None) -> str | None:
+        # With --netns, /etc/X is taken under the namespace's folder: `..` would leave it.
+        if value is not None and ".." in value.split("/"):
+            raise ValueError(f"an absolute path without `..` components, got {value!r}")
+        return value
+
 
 class MemberNetwork(_Model):
     """The settings of one joined network on this host as a member, what `zerotier-cli set
