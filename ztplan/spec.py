@@ -9,8 +9,10 @@ parser knows it, the line.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shlex
+import stat
 from typing import Annotated, Any, Literal, NoReturn
 
 import yaml
@@ -34,13 +36,16 @@ from ztplan.errors import SpecError
 
 __all__ = [
     "FAMILIES",
+    "MAX_SPEC_BYTES",
     "TABLES",
     "ChainSpec",
     "Spec",
+    "check_spec_size",
     "format_field",
     "line_of",
     "load_spec",
     "parse_spec",
+    "read_spec_text",
     "rule_problem",
 ]
 
@@ -769,7 +774,23 @@ class Spec(_Model):
 # --- loading -------------------------------------------------------------------------
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+class _Constructing:
+    """What both loaders construct with: a constructor's own failure (`!!int abc`, an
+    integer of 5,000 digits, month 13) is a YAML error at that node, not a bare ValueError."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)  # type: ignore[misc]
+        except (ValueError, TypeError, OverflowError) as error:
+            said = str(error)
+            if "Exceeds the limit" in said:  # Python's guard against quadratic int parsing
+                said = "a number too long to read (more than 4300 digits)"
+            raise yaml.constructor.ConstructorError(
+                None, None, _clip(said, 120), node.start_mark
+            ) from None
+
+
+class _Loader(_Constructing, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """A safe loader that refuses duplicate keys (YAML would silently keep the last one).
 
     libyaml's parser when PyYAML has it: ~5x faster on a spec of 20,000 rules."""
@@ -779,20 +800,140 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                "a mapping key must be a plain value, not a list or mapping",
+                key_node.start_mark,
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
+                None, None, f"duplicate key {_shown(key)}", key_node.start_mark
             )
         seen.add(key)
     return loader.construct_mapping(node, deep)
 
 
-class _PyLoader(yaml.SafeLoader):
+class _PyLoader(_Constructing, yaml.SafeLoader):
     """The pure-Python twin, used only to word a syntax error (libyaml's are terser)."""
 
 
 for _loader in (_Loader, _PyLoader):
     _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+MAX_SPEC_BYTES = 16 * 1024 * 1024
+"""The largest spec read: 16 MiB. A spec of 2 x 50,000 rules is about 4 MiB written
+tersely and 8-10 MiB with long rules (~100 characters); 16 MiB parses in ~1 s and ~150 MB.
+A bigger file is refused before it is read (`/dev/zero`, a runaway generator)."""
+MAX_DEPTH = 32
+"""The deepest spec is about 8 levels (firewall.ipv4.filter.CHAIN.rules[i]); deeper YAML
+is refused before validation (100,000 nested lists overflowed the stack)."""
+MAX_VALUES = 2_000_000
+"""Values in the spec once YAML aliases are expanded (20 times a spec of 2 x 50,000
+rules): an alias bomb of a few kilobytes expands to billions."""
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters: an error is one line, whatever the input held."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _shown(value: Any) -> str:
+    """An input as errors echo it: its repr, clipped."""
+    return _clip(repr(value))
+
+
+def _check_shape(file: str, data: Any) -> None:
+    """Refuse YAML too deep, too big once aliases are expanded, or an alias that contains
+    itself, before pydantic walks it. Iterative and linear in the distinct objects (an
+    alias is one object however often it is used)."""
+    done: dict[int, tuple[int, int]] = {}  # id -> (values once expanded, depth)
+    active: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        node, finished = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        children = list(node.values()) if isinstance(node, dict) else node
+        if finished:
+            size, depth = 1, 1
+            for child in children:
+                if isinstance(child, dict | list):
+                    child_size, child_depth = done[id(child)]
+                    size, depth = size + child_size, max(depth, child_depth + 1)
+                else:
+                    size += 1
+            if depth > MAX_DEPTH:
+                raise SpecError(file, "", f"nested deeper than {MAX_DEPTH} levels")
+            if size > MAX_VALUES:
+                raise SpecError(
+                    file, "", f"more than {MAX_VALUES:,} values once YAML aliases are expanded"
+                )
+            done[id(node)] = (size, depth)
+            active.discard(id(node))
+            continue
+        if id(node) in done:
+            continue
+        if id(node) in active:
+            raise SpecError(file, "", "a YAML alias that contains itself")
+        active.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if isinstance(c, dict | list))
+
+
+def read_spec_text(path: str) -> str:
+    """A spec file's text: only a regular file (not a FIFO that hangs, not /dev/zero), of at
+    most MAX_SPEC_BYTES, in UTF-8. Raises SpecError naming the file."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise SpecError(path, "", "no such spec file") from None
+    except OSError as error:
+        raise SpecError(path, "", f"cannot read the spec ({error.strerror or error})") from None
+    _check_spec_file(path, info)
+    try:
+        # O_NONBLOCK: if the file was swapped for a FIFO since the stat, the open does not hang.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            _check_spec_file(path, os.fstat(handle.fileno()))
+            data = handle.read(MAX_SPEC_BYTES + 1)
+    except OSError as error:
+        raise SpecError(path, "", f"cannot read the spec ({error.strerror or error})") from None
+    check_spec_size(path, len(data))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(path, "", "not UTF-8 text") from None
+
+
+def _check_spec_file(path: str, info: os.stat_result) -> None:
+    if stat.S_ISREG(info.st_mode):
+        check_spec_size(path, info.st_size)
+        return
+    if stat.S_ISDIR(info.st_mode):
+        kind = "a directory"
+    elif stat.S_ISFIFO(info.st_mode):
+        kind = "a FIFO"
+    elif stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+        kind = "a device"
+    else:
+        kind = "not a regular file"
+    raise SpecError(path, "", f"{kind}, not a spec file (a spec is a regular YAML file)")
+
+
+def check_spec_size(file: str, size: int) -> None:
+    """Refuse a spec of more than MAX_SPEC_BYTES (a file, or a blob at a git commit)."""
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(
+            file,
+            "",
+            f"{size:,} bytes, more than the {MAX_SPEC_BYTES // (1024 * 1024)} MiB a spec may "
+            "have (2 x 50,000 rules take 4-10 MiB)",
+        )
 
 
 _PATTERN_WORDS = {
@@ -850,35 +991,44 @@ def _resolve(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[tuple[Any, .
 
 
 def _python_yaml_error(text: str) -> yaml.YAMLError | None:
-    """The pure-Python parser's wording of a syntax error (libyaml's is terser)."""
+    """The pure-Python parser's wording of a syntax error (libyaml's is terser); only for
+    specs of up to 256 KiB, since it parses ~1 MiB a second."""
+    if len(text) > 256 * 1024:
+        return None
     try:
         yaml.load(text, Loader=_PyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         return error
+    except RecursionError:  # libyaml stopped at its nesting limit; this one recurses
+        return None
     return None
 
 
 def _raise_yaml_error(file: str, error: yaml.YAMLError) -> NoReturn:
     mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    problem = getattr(error, "problem", None) or (str(error).splitlines() or ["?"])[0]
     raise SpecError(
-        file, "", f"not valid YAML: {problem}", mark.line + 1 if mark else None
+        file, "", f"not valid YAML: {_clip(problem, 160)}", mark.line + 1 if mark else None
     ) from None
 
 
 def parse_spec(text: str, file: str) -> Spec:
-    """Parse and validate spec text; `file` names it in errors."""
+    """Parse and validate spec text; `file` names it in errors. Raises SpecError only."""
+    check_spec_size(file, len(text))
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         _raise_yaml_error(file, _python_yaml_error(text) or error)
+    except RecursionError:
+        raise SpecError(file, "", f"nested deeper than {MAX_DEPTH} levels") from None
+    _check_shape(file, data)
     if not isinstance(data, dict):
         raise SpecError(file, "", "a YAML mapping with `version: 1` and `target: {name: ...}`")
     try:
         spec = Spec.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
-        loc, line = _resolve(yaml.compose(text, Loader=yaml.SafeLoader), tuple(first["loc"]))
+        loc, line = _resolve(_compose(text), tuple(first["loc"]))
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "not a known field (check the spelling; see `ztplan schema`)"
@@ -887,12 +1037,12 @@ def parse_spec(text: str, file: str) -> Spec:
         elif first["type"] == "string_pattern_mismatch":
             pattern = str((first.get("ctx") or {}).get("pattern", ""))
             message = _PATTERN_WORDS.get(pattern, f"a value matching {pattern}")
-            message += f", got {first.get('input')!r}"
+            message += f", got {_shown(first.get('input'))}"
         elif first["type"] == "literal_error":
-            message = f"{message}, got {first.get('input')!r}"
+            message = f"{message}, got {_shown(first.get('input'))}"
         raise SpecError(file, format_field(loc), message, line) from None
     for loc, message in _semantic_problems(spec):
-        _, line = _resolve(yaml.compose(text, Loader=yaml.SafeLoader), loc)
+        _, line = _resolve(_compose(text), loc)
         raise SpecError(file, format_field(loc), message, line)
     spec._text = text
     if spec.gateway is not None:
@@ -902,11 +1052,17 @@ def parse_spec(text: str, file: str) -> Spec:
     return spec
 
 
+def _compose(text: str) -> yaml.Node | None:
+    """The node tree, to find a field's line: libyaml's composer (~20x the pure-Python one,
+    which took 6 s on a spec of 100,000 rules with one bad rule)."""
+    return yaml.compose(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def line_of(spec: Spec, loc: tuple[Any, ...]) -> int | None:
     """The line of field `loc` in the text `spec` was parsed from (None when unknown)."""
     if not spec._text:
         return None
-    return _resolve(yaml.compose(spec._text, Loader=yaml.SafeLoader), loc)[1]
+    return _resolve(_compose(spec._text), loc)[1]
 
 
 def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
@@ -941,15 +1097,5 @@ def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
 
 
 def load_spec(path: str) -> Spec:
-    """Read a spec from a file in the working tree."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(
-            path,
-            "",
-            f"cannot read the spec: {error.__class__.__name__}: "
-            f"{getattr(error, 'strerror', None) or error}",
-        ) from None
-    return parse_spec(text, path)
+    """Read a spec from a file in the working tree (see `read_spec_text`)."""
+    return parse_spec(read_spec_text(path), path)
