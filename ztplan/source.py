@@ -25,6 +25,7 @@ from typing import Any
 
 from ztplan.errors import SourceError, SpecError
 from ztplan.model import SpecSource
+from ztplan.secret import redact_url
 from ztplan.spec import Spec, check_spec_size, parse_spec, read_spec_text
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
     "check_ref",
     "check_url",
     "read_spec",
-    "redact_url",
     "resolve_repo",
 ]
 
@@ -44,16 +44,10 @@ def _is_url(repo: str) -> bool:
     return "://" in repo or (":" in repo and "@" in repo.split(":", 1)[0])
 
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 _SCHEMES = ("https", "http", "ssh", "git", "file")
 _SCP = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9][A-Za-z0-9.-]*:[^\s]*")
 """`user@host:path`, git's scp-like form; the host never starts with `-`."""
 _REF = re.compile(r"[A-Za-z0-9._/@{}^~+-]{1,256}")
-
-
-def redact_url(url: str) -> str:
-    """`https://user:TOKEN@host/x` -> `https://***@host/x`: a URL as errors may print it."""
-    return _USERINFO.sub("***@", url)
 
 
 def check_url(repo: str) -> None:

@@ -13,7 +13,9 @@ import os
 import re
 import shlex
 import stat
+import unicodedata
 from typing import Annotated, Any, Literal, NoReturn
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -33,6 +35,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from ztplan.errors import SpecError
+from ztplan.secret import looks_like_token, redact_url
 
 __all__ = [
     "FAMILIES",
@@ -60,6 +63,21 @@ TABLES: dict[str, tuple[str, ...]] = {
 """Tables ztplan manages and their built-in chains (the only ones with a policy)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNICODE_BREAK = re.compile("[\x80-\x9f\u2028\u2029]")
+"""C1 controls (U+0085 NEXT LINE among them) and the Unicode line and paragraph separators:
+str.splitlines breaks a line at each, so a rule holding one became two kernel rules."""
+
+
+def _unicode_break(text: str) -> str | None:
+    """`U+2028 (LINE SEPARATOR)` when `text` holds a Unicode line break or C1 control."""
+    found = _UNICODE_BREAK.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    name = "NEXT LINE" if char == "\x85" else unicodedata.name(char, "a C1 control character")
+    return f"U+{ord(char):04X} ({name})"
+
+
 _QUOTING = re.compile(r"['\"\\\\]")
 # Options that would turn a rule into another command inside iptables-restore's input.
 _COMMAND_FLAGS = frozenset(
@@ -79,6 +97,8 @@ def rule_problem(rule: str) -> str | None:
         return "an iptables rule, not an empty string"
     if _CONTROL.search(rule):
         return "a rule on one line without control characters (newline, NUL, tab...)"
+    if (char := _unicode_break(rule)) is not None:
+        return f"a rule on one line: {char} is a line break or control character"
     try:  # str.split when there is no quoting: shlex is ~20x slower, and specs are long
         words = shlex.split(rule) if _QUOTING.search(rule) else rule.split()
     except ValueError:
@@ -111,6 +131,11 @@ NetworkId = Annotated[str, StringConstraints(pattern=_NWID_RE)]
 
 
 def _ip_network(value: str) -> str:
+    if "/" not in value:  # ip_network reads it as /32 or /128; the controller stores /0
+        raise ValueError(
+            f"an IP network with its prefix length (e.g. {_clip(value, 40)}/24), got "
+            f"{_shown(value)}"
+        )
     try:
         return str(ipaddress.ip_network(value, strict=True))
     except ValueError as error:
@@ -691,7 +716,8 @@ _SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_@:+/-]+)+$")
 
 
 def _check_sysctl_key(key: str) -> str:
-    if not _SYSCTL_KEY.match(key) or len(key) > 255:
+    parts = [part.replace("/", ".") for part in key.split(".")]  # as sysctl.key_path reads it
+    if not _SYSCTL_KEY.match(key) or len(key) > 255 or {"", ".", ".."} & set(parts):
         raise ValueError(
             "a sysctl key like net.ipv4.ip_forward (dot-separated names, no path components)"
         )
@@ -701,9 +727,16 @@ def _check_sysctl_key(key: str) -> str:
 def _check_sysctl_value(value: Any) -> Any:
     # YAML reads `yes` as True; sysctl wants 1, and a silent True -> "True" is a trap.
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"an integer or a string, got {value!r}")
-    if isinstance(value, str) and _CONTROL.search(value.replace("\t", " ")):
-        raise ValueError("a value without control characters")
+        raise ValueError(f"an integer or a string, got {_shown(value)}")
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        # The kernel's widest sysctl is an unsigned long: a bigger number failed at apply.
+        raise ValueError(f"an integer of at most 64 bits, got {_shown(value)}")
+    if isinstance(value, str) and (
+        _CONTROL.search(value.replace("\t", " ")) or _unicode_break(value)
+    ):
+        raise ValueError("a value without control characters or line breaks")
+    if isinstance(value, str) and len(value) > 4096:
+        raise ValueError("a value of at most 4096 characters (the kernel reads one page)")
     return value
 
 
@@ -843,8 +876,8 @@ def _clip(text: str, limit: int = 80) -> str:
 
 
 def _shown(value: Any) -> str:
-    """An input as errors echo it: its repr, clipped."""
-    return _clip(repr(value))
+    """An input as errors echo it: its repr, clipped, without a URL's userinfo."""
+    return _clip(redact_url(repr(value)))
 
 
 def _check_shape(file: str, data: Any) -> None:
@@ -1037,7 +1070,11 @@ def parse_spec(text: str, file: str) -> Spec:
         elif first["type"] == "string_pattern_mismatch":
             pattern = str((first.get("ctx") or {}).get("pattern", ""))
             message = _PATTERN_WORDS.get(pattern, f"a value matching {pattern}")
-            message += f", got {_shown(first.get('input'))}"
+            given = first.get("input")
+            if first["loc"][-1:] == ("token_env",) and looks_like_token(str(given)):
+                message += " (this looks like a token itself, so it is not shown)"
+            else:
+                message += f", got {_shown(given)}"
         elif first["type"] == "literal_error":
             message = f"{message}, got {_shown(first.get('input'))}"
         raise SpecError(file, format_field(loc), message, line) from None
@@ -1093,6 +1130,90 @@ def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
                             "user chains have no policy",
                         )
                     )
+    return problems + _network_problems(spec) + _secret_problems(spec)
+
+
+def _network_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
+    """Routes and pools the controller would silently rewrite, drop or never use
+    (CONTROLLER-API.md §0): it never refuses them, so ztplan does."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    for i, network in enumerate(spec.networks):
+        on_link: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        targets: dict[str, int] = {}
+        for j, route in enumerate(network.routes or []):
+            target = ipaddress.ip_network(route.target)
+            if route.via is not None and ipaddress.ip_address(route.via).version != target.version:
+                problems.append(
+                    (
+                        ("networks", i, "routes", j, "via"),
+                        f"an IPv{target.version} address, like the target {target} (the "
+                        "controller stores a via of the other family as null: on-link)",
+                    )
+                )
+            if str(target) in targets:
+                problems.append(
+                    (
+                        ("networks", i, "routes", j, "target"),
+                        f"each target once; {target} is also routes[{targets[str(target)]}] "
+                        "(members install only one route per target)",
+                    )
+                )
+            targets.setdefault(str(target), j)
+            if route.via is None and target.prefixlen > 0:
+                on_link.append(target)
+        for k, pool in enumerate(network.ip_pools or []):
+            start, end = ipaddress.ip_address(pool.start), ipaddress.ip_address(pool.end)
+            where = ("networks", i, "ip_pools", k)
+            if start.version != end.version:
+                problems.append(
+                    ((*where, "end"), f"an IPv{start.version} address, like start {start}")
+                )
+            elif int(start) > int(end):
+                problems.append(((*where, "end"), f"an address at or after start {start}"))
+            elif network.routes is not None and not any(
+                start in route and end in route for route in on_link
+            ):
+                inside = ", ".join(map(str, on_link)) or "none"
+                problems.append(
+                    (
+                        where,
+                        f"a range inside one of the network's on-link routes (without via: "
+                        f"{inside}); the controller assigns no address from {start}-{end}",
+                    )
+                )
+    return problems
+
+
+def _secret_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
+    """A token in the spec, where it would be printed and committed: in a URL's userinfo,
+    or pasted as the name of the variable that should hold it."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    urls = {
+        ("controller", "url"): spec.controller.url if spec.controller else None,
+        ("member", "service_url"): spec.member.service_url if spec.member else None,
+    }
+    for loc, url in urls.items():
+        if url is not None and "@" in urlsplit(url).netloc:
+            problems.append(
+                (
+                    loc,
+                    "a URL without user or password (put the token in token_env or "
+                    "token_file: the spec is committed and printed)",
+                )
+            )
+    names = {
+        ("controller", "token_env"): spec.controller.token_env if spec.controller else None,
+        ("member", "token_env"): spec.member.token_env if spec.member else None,
+    }
+    for loc, name in names.items():
+        if name is not None and looks_like_token(name):
+            problems.append(
+                (
+                    loc,
+                    "the name of an environment variable, and this looks like a token itself "
+                    "(not shown): put the token in the environment, its variable's name here",
+                )
+            )
     return problems
 
 

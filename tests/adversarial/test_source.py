@@ -14,7 +14,8 @@ import pytest
 
 from tests.adversarial.cli import one_error_line, ztplan
 from ztplan.errors import SourceError, SpecError
-from ztplan.source import read_spec, redact_url
+from ztplan.secret import redact_url
+from ztplan.source import read_spec
 from ztplan.spec import MAX_SPEC_BYTES, load_spec
 
 SPEC = "gw.yaml"

@@ -95,3 +95,157 @@ def test_a_bad_rule_in_a_long_spec_is_found_fast() -> None:
     started = time.monotonic()
     assert error_of(text).startswith(f"{FILE}:100007: firewall.ipv4.filter.FORWARD[100000]:")
     assert time.monotonic() - started < 4
+
+
+# --- networks the controller would silently rewrite ----------------------------------------
+
+NETWORK = "controller: {kind: local}\nnetworks:\n  - id: 8056c2e21c000001\n"
+
+
+def network(routes: str = "[{target: 10.6.4.0/22}]", pools: str = "[]") -> str:
+    return HEAD + NETWORK + f"    routes: {routes}\n    ip_pools: {pools}\n"
+
+
+@pytest.mark.parametrize(
+    ("routes", "pools", "expected"),
+    [
+        (
+            "[{target: 10.6.4.0}]",
+            "[]",
+            "gw.yaml:6: networks[0].routes[0].target: an IP network with its prefix length "
+            "(e.g. 10.6.4.0/24), got '10.6.4.0'",
+        ),
+        (
+            "[{target: 10.6.4.0/22}, {target: 10.6.4.0/22}]",
+            "[]",
+            "gw.yaml:6: networks[0].routes[1].target: each target once; 10.6.4.0/22 is also "
+            "routes[0] (members install only one route per target)",
+        ),
+        (
+            "[{target: 0.0.0.0/0, via: 'fd00::1'}]",
+            "[]",
+            "gw.yaml:6: networks[0].routes[0].via: an IPv4 address, like the target 0.0.0.0/0 "
+            "(the controller stores a via of the other family as null: on-link)",
+        ),
+        (
+            "[{target: 10.6.4.0/22}]",
+            "[{start: 10.6.7.254, end: 10.6.4.1}]",
+            "gw.yaml:7: networks[0].ip_pools[0].end: an address at or after start 10.6.7.254",
+        ),
+        (
+            "[{target: 10.6.4.0/22}]",
+            "[{start: 10.6.4.1, end: 'fd00::9'}]",
+            "gw.yaml:7: networks[0].ip_pools[0].end: an IPv4 address, like start 10.6.4.1",
+        ),
+        (
+            "[{target: 10.6.4.0/22}, {target: 0.0.0.0/0, via: 10.6.6.2}]",
+            "[{start: 10.9.0.1, end: 10.9.0.9}]",
+            "gw.yaml:7: networks[0].ip_pools[0]: a range inside one of the network's on-link "
+            "routes (without via: 10.6.4.0/22); the controller assigns no address from "
+            "10.9.0.1-10.9.0.9",
+        ),
+        (
+            "[]",
+            "[{start: 10.6.4.1, end: 10.6.4.9}]",
+            "gw.yaml:7: networks[0].ip_pools[0]: a range inside one of the network's on-link "
+            "routes (without via: none); the controller assigns no address from "
+            "10.6.4.1-10.6.4.9",
+        ),
+    ],
+    ids=[
+        "no-prefix",
+        "duplicate-route",
+        "via-other-family",
+        "start-after-end",
+        "mixed-families",
+        "pool-outside-routes",
+        "pool-without-routes",
+    ],
+)
+def test_routes_and_pools_the_controller_would_rewrite_are_refused(
+    routes: str, pools: str, expected: str
+) -> None:
+    assert error_of(network(routes, pools)) == expected
+
+
+def test_a_good_network_still_validates() -> None:
+    text = network(
+        "[{target: 10.6.4.0/22}, {target: 0.0.0.0/0, via: 10.6.6.2}, {target: '2001:db8::/64'}]",
+        "[{start: 10.6.4.1, end: 10.6.7.254}, {start: '2001:db8::1', end: '2001:db8::ff'}]",
+    )
+    assert len(parse_spec(text, FILE).networks[0].routes or []) == 3
+
+
+# --- sysctls and rules ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["net.//.//x", "net.ipv4.//", "net.ipv4./.x"])
+def test_a_sysctl_key_that_leaves_its_place_is_refused_at_validate(key: str) -> None:
+    """`net.//.//x` passed validate and ended the plan in 'internal error: ValueError'."""
+    assert error_of(HEAD + f"sysctl: {{'{key}': 1}}\n").startswith(f'{FILE}:3: sysctl["{key}"]:')
+
+
+def test_a_sysctl_integer_the_kernel_cannot_hold_is_refused_at_validate() -> None:
+    assert error_of(HEAD + "sysctl: {net.ipv4.ip_forward: " + "9" * 40 + "}\n") == (
+        f'{FILE}:3: sysctl["net.ipv4.ip_forward"]: an integer of at most 64 bits, got '
+        "9999999999999999999999999999999999999999"
+    )
+    assert parse_spec(HEAD + "sysctl: {net.core.rmem_max: 18446744073709551615}\n", FILE)
+
+
+@pytest.mark.parametrize(
+    ("escape", "shown"),
+    [
+        ("\\L", "U+2028 (LINE SEPARATOR)"),
+        ("\\P", "U+2029 (PARAGRAPH SEPARATOR)"),
+        ("\\N", "U+0085 (NEXT LINE)"),
+        ("\\x9b", "U+009B (a C1 control character)"),
+    ],
+)
+def test_unicode_line_breaks_in_a_rule_are_refused_as_what_they_are(
+    escape: str, shown: str
+) -> None:
+    """They were refused as 'rule arguments without the command -A': str.splitlines had
+    already made two rules of one."""
+    rule = f'"-j ACCEPT{escape}-A INPUT -j DROP"'  # a YAML double-quoted escape
+    text = HEAD + f"firewall:\n  ipv4:\n    filter:\n      FORWARD:\n        - {rule}\n"
+    assert error_of(text) == (
+        f"{FILE}:7: firewall.ipv4.filter.FORWARD[0]: a rule on one line: {shown} is a line "
+        "break or control character"
+    )
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+TOKEN = "Zb4kq9Tx2Lm7Wc1Rv8Hn3Yp6Gd5Fs0Ej"  # the shape of a Central token
+
+
+@pytest.mark.parametrize(
+    "controller",
+    [
+        f"{{kind: central, url: 'https://ops:{TOKEN}@api.zerotier.com/api/v1'}}",
+        f"{{kind: central, url: 'https://ops:{TOKEN}@api.zerotier.com/api v1'}}",  # bad URL too
+        f"{{kind: central, token_env: {TOKEN}}}",
+        f"{{kind: central, token_env: '{TOKEN}-x'}}",  # not a variable name either
+    ],
+    ids=["userinfo", "userinfo-in-a-bad-url", "token-as-token_env", "token-not-a-name"],
+)
+def test_a_token_in_the_spec_is_refused_and_never_echoed(controller: str) -> None:
+    line = error_of(HEAD + f"controller: {controller}\n")
+    assert TOKEN not in line
+    assert line.startswith(f"{FILE}:3: controller.")
+
+
+def test_userinfo_says_where_the_token_goes() -> None:
+    line = error_of(HEAD + f"controller: {{kind: local, url: 'http://u:{TOKEN}@127.0.0.1:9993'}}\n")
+    assert line == (
+        f"{FILE}:3: controller.url: a URL without user or password (put the token in token_env "
+        "or token_file: the spec is committed and printed)"
+    )
+    member = HEAD + f"member: {{service_url: 'http://x:{TOKEN}@127.0.0.1:9993'}}\n"
+    assert error_of(member).startswith(f"{FILE}:3: member.service_url: a URL without user")
+
+
+def test_ordinary_variable_names_are_fine() -> None:
+    for name in ("ZEROTIER_CENTRAL_TOKEN", "ZT_TOKEN_2", "token"):
+        assert parse_spec(HEAD + f"controller: {{kind: central, token_env: {name}}}\n", FILE)
