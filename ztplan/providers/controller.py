@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from pydantic import JsonValue
 
-from ztplan.api import ApiClient, NotFound
+from ztplan.api import ApiClient, NotFound, shown_url
 from ztplan.errors import ControllerError
 from ztplan.host import Host
 from ztplan.model import Address, Change, Finding, Resource, Snapshot
@@ -164,7 +164,7 @@ class Controller:
         except NotFound:
             raise ControllerError(
                 f"controller: network {nwid} does not exist on the {self.kind} controller at "
-                f"{self.api.base_url} (ztplan does not create networks; check the id)",
+                f"{shown_url(self.api.base_url)} (ztplan does not create networks; check the id)",
                 404,
             ) from None
         if not isinstance(answer, dict):
