@@ -185,7 +185,7 @@ class ApiClient:
         through on_wait; refused when it would pass the deadline."""
         backoff = self.backoff * 2 ** (attempt - 1)
         wait = min(backoff if after is None else max(after, backoff), self.max_wait)
-        asked = f" (it asks for {after:g} s)" if after is not None and after > wait else ""
+        asked = f" (it asks for {after:.0f} s)" if after is not None and after > wait else ""
         if self.clock() + wait > end:
             raise ControllerError(
                 f"{self.what}: {where} {problem}{asked}; gave up after {attempt} of "
@@ -194,7 +194,7 @@ class ApiClient:
             )
         what = f"rate limited by {where}" if "429" in problem else f"{where} {problem}"
         self.on_wait(
-            f"{self.what}: {what}{asked}, waiting {wait:g} s "
+            f"{self.what}: {what}{asked}, waiting {wait:.3g} s "
             f"(attempt {attempt + 1} of {self.attempts})"
         )
         self.sleep(wait)

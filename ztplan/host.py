@@ -16,7 +16,7 @@ from typing import Protocol
 
 from ztplan.errors import LiveReadError
 
-__all__ = ["CommandResult", "Host", "LocalHost", "NETNS_DIR"]
+__all__ = ["CommandResult", "Host", "LocalHost", "NETNS_CONFIG_DIR", "NETNS_DIR"]
 
 NETNS_DIR = "/run/netns"
 NETNS_CONFIG_DIR = "/etc/ztplan/netns"

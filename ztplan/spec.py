@@ -132,9 +132,9 @@ NetworkId = Annotated[str, StringConstraints(pattern=_NWID_RE)]
 
 def _ip_network(value: str) -> str:
     if "/" not in value:  # ip_network reads it as /32 or /128; the controller stores /0
+        example = f"{_clip(value, 40)}/{64 if ':' in value else 24}"
         raise ValueError(
-            f"an IP network with its prefix length (e.g. {_clip(value, 40)}/24), got "
-            f"{_shown(value)}"
+            f"an IP network with its prefix length (e.g. {example}), got {_shown(value)}"
         )
     try:
         return str(ipaddress.ip_network(value, strict=True))
@@ -523,7 +523,7 @@ class Ndppd(_Model):
     def _no_parent_steps(cls, value: str | None) -> str | None:
         # With --netns, /etc/X is taken under the namespace's folder: `..` would leave it.
         if value is not None and ".." in value.split("/"):
-            raise ValueError(f"an absolute path without `..` components, got {value!r}")
+            raise ValueError(f"an absolute path without `..` components, got {_shown(value)}")
         return value
 
 
