@@ -4,7 +4,12 @@ Retried (with exponential backoff, honouring `Retry-After`): 429, 5xx, timeouts,
 dropped connections, and a 200 whose body is not JSON (a proxy cutting the answer). Every
 request ztplan sends is idempotent (a GET, or a POST of whole fields), so a retry cannot
 apply anything twice. The token travels in a header and never appears in a message: errors
-name the method, the URL without its query, and the status.
+name the method, the URL without its query or userinfo, and the status.
+
+Waiting is bounded and said: each pause is at least the backoff (`Retry-After: 0` is no
+reason to hammer a server that is failing), at most `max_wait` (`Retry-After: 3600` is
+not waited for in silence), announced through `on_wait`, and the whole request, attempts
+and pauses included, ends by `deadline` seconds.
 """
 
 from __future__ import annotations
@@ -12,19 +17,21 @@ from __future__ import annotations
 import atexit
 import email.utils
 import functools
-import json
 import os
+import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ztplan.errors import ControllerError, ZtplanError
+from ztplan.secret import looks_like_token, redact_url
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["ApiClient", "NotFound", "shared_client", "read_token"]
+__all__ = ["ApiClient", "NotFound", "read_token", "shared_client", "shown_url"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -42,6 +49,12 @@ def read_token(env: str | None, file: str | None, what: str) -> str:
     """The API token from the environment or a file; the spec never holds it."""
     if env:
         token = os.environ.get(env, "").strip()
+        if not token and (looks_like_token(env) or not _ENV_NAME.fullmatch(env)):
+            raise ZtplanError(  # never echo it: it is likely the token itself
+                f"{what}: token_env names no set environment variable, and looks like a "
+                "token itself (not shown)",
+                "put the token in an environment variable and that variable's name in token_env",
+            )
         if not token:
             raise ZtplanError(
                 f"{what}: the environment variable {env} is not set or empty",
@@ -61,6 +74,18 @@ def read_token(env: str | None, file: str | None, what: str) -> str:
             raise ZtplanError(f"{what}: the token file {file} is empty")
         return token
     raise ZtplanError(f"{what}: no token_env or token_file in the spec")
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def _say_on_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def shown_url(url: str) -> str:
+    """A URL as a message may show it: no query (`?auth=TOKEN`), no userinfo."""
+    return redact_url(url.split("?", 1)[0])
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -88,10 +113,18 @@ class ApiClient:
     """Names the API in errors ("controller", "member service")."""
     attempts: int = 4
     backoff: float = 0.5
+    """The first pause, doubled at each attempt; also the least pause, whatever
+    `Retry-After` says."""
     max_wait: float = 30.0
+    """The longest single pause, whatever `Retry-After` asks."""
+    deadline: float = 120.0
+    """Seconds the whole request may take, attempts and pauses included."""
     sleep: Callable[[float], None] = field(default=time.sleep)
     describe_error: ErrorWording | None = None
     """This API's own wording of error answers; what it returns is scrubbed of the token."""
+    clock: Callable[[], float] = field(default=time.monotonic)
+    on_wait: Callable[[str], None] = field(default=_say_on_stderr)
+    """Told of each pause, as one line: what it waits for, how long, which attempt."""
 
     def get(self, path: str) -> Any:
         return self._request("GET", path, None)
@@ -103,12 +136,19 @@ class ApiClient:
         import httpx
 
         url = self.base_url.rstrip("/") + path
-        where = f"{method} {url}"
+        where = f"{method} {shown_url(url)}"
         problem = ""
+        end = self.clock() + self.deadline
         for attempt in range(1, self.attempts + 1):
-            wait = self.backoff * 2 ** (attempt - 1)
+            after: float | None = None
             try:
-                response = self.client.request(method, url, headers=self.headers, json=body)
+                response = self.client.request(
+                    method,
+                    url,
+                    headers=self.headers,
+                    json=body,
+                    timeout=self._timeout(end - self.clock()),
+                )
             except httpx.TimeoutException:
                 problem = "timed out"
             except httpx.TransportError as error:
@@ -118,17 +158,53 @@ class ApiClient:
                 if status == 200:
                     try:
                         return response.json()
-                    except (json.JSONDecodeError, UnicodeDecodeError):
+                    except (ValueError, RecursionError):  # cut, not UTF-8, nested 100,000 deep
                         problem = "answered 200 with a body that is not JSON"
                 elif status in RETRY_STATUSES:
                     problem = f"answered {status}" + (" (rate limited)" if status == 429 else "")
                     after = _retry_after(response.headers.get("Retry-After"))
-                    wait = wait if after is None else after
                 else:
                     raise self._error(status, where, response.content)
-            if attempt < self.attempts:
-                self.sleep(min(wait, self.max_wait))
-        raise ControllerError(f"{self.what}: {where} {problem}, {self.attempts} attempts", url=url)
+            if attempt == self.attempts:
+                break
+            self._pause(where, problem, attempt, after, end)
+        raise ControllerError(
+            f"{self.what}: {where} {problem}, {self.attempts} attempts", url=shown_url(url)
+        )
+
+    def _timeout(self, left: float) -> httpx.Timeout:
+        """The client's timeouts, none longer than what is left of the deadline."""
+        import httpx
+
+        left = max(left, 0.001)
+        mine = self.client.timeout
+        return httpx.Timeout(
+            connect=min(mine.connect or left, left),
+            read=min(mine.read or left, left),
+            write=min(mine.write or left, left),
+            pool=min(mine.pool or left, left),
+        )
+
+    def _pause(
+        self, where: str, problem: str, attempt: int, after: float | None, end: float
+    ) -> None:
+        """Wait before attempt `attempt + 1`: at least the backoff, at most max_wait, said
+        through on_wait; refused when it would pass the deadline."""
+        backoff = self.backoff * 2 ** (attempt - 1)
+        wait = min(backoff if after is None else max(after, backoff), self.max_wait)
+        asked = f" (it asks for {after:.0f} s)" if after is not None and after > wait else ""
+        if self.clock() + wait > end:
+            raise ControllerError(
+                f"{self.what}: {where} {problem}{asked}; gave up after {attempt} of "
+                f"{self.attempts} attempts: another would pass the {self.deadline:g} s deadline",
+                url=where.split(" ", 1)[1],
+            )
+        what = f"rate limited by {where}" if "429" in problem else f"{where} {problem}"
+        self.on_wait(
+            f"{self.what}: {what}{asked}, waiting {wait:.3g} s "
+            f"(attempt {attempt + 1} of {self.attempts})"
+        )
+        self.sleep(wait)
 
     def _error(self, status: int, where: str, body: bytes = b"") -> ControllerError:
         url = where.split(" ", 1)[1]

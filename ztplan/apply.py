@@ -50,6 +50,7 @@ __all__ = [
     "apply_plan",
     "claims_of",
     "load_plan",
+    "read_plan",
     "plan_steps",
     "refuse_if_stale",
     "refuse_stale_saved_plan",
@@ -105,17 +106,36 @@ def _crash_point(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def load_plan(path: Path) -> Plan:
-    """A plan saved with `plan -o`, if this ztplan can apply it exactly."""
+MAX_PLAN_BYTES = 512 * 1024 * 1024
+"""A saved plan of 2 x 50,000 rules is some tens of MB; a bound keeps /dev/zero out."""
+
+
+def read_plan(path: Path) -> Plan:
+    """A plan file as `plan -o` wrote it: a regular file, bounded (a FIFO would hang)."""
     from pydantic import ValidationError
 
+    from ztplan.files import NotRegular, TooLarge, read_regular
+
+    try:
+        data = read_regular(str(path), MAX_PLAN_BYTES)
+    except NotRegular as error:
+        raise ZtplanError(f"{path}: {error.kind}, not a plan file") from None
+    except TooLarge as error:
+        raise ZtplanError(f"{path}: {error.size:,} bytes: not a plan file") from None
+    except OSError as error:
+        raise ZtplanError(f"{path}: cannot read it ({error.strerror or error})") from None
+    try:
+        return Plan.model_validate_json(data)
+    except (ValidationError, ValueError) as error:
+        raise ZtplanError(f"{path}: not a ztplan plan file ({error.__class__.__name__})") from None
+
+
+def load_plan(path: Path) -> Plan:
+    """A plan saved with `plan -o`, if this ztplan can apply it exactly."""
     from ztplan import __version__
     from ztplan.model import FORMAT_VERSION
 
-    try:
-        saved = Plan.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError, ValueError) as error:
-        raise ZtplanError(f"{path}: not a ztplan plan file ({error.__class__.__name__})") from None
+    saved = read_plan(path)
     if saved.format_version != FORMAT_VERSION or saved.ztplan_version != __version__:
         raise ZtplanError(
             f"{path}: made by ztplan {saved.ztplan_version} (format {saved.format_version}); "

@@ -6,7 +6,9 @@
     ├── SourceError                       bad ref, unreadable repository or file
     ├── LiveReadError(provider)           iptables-save failed, /proc unreadable, no such netns
     ├── ControllerError(status, url)      HTTP failures as sentences; never the token
-    ├── LockHeld(info, stale)             names the holder; hints force-unlock when stale
+    ├── LockError(path)                   the lock file cannot be used: a symlink, a directory,
+    │   │                                 a read-only or full state dir, a wrong id
+    │   └── LockHeld(info, stale, path)   names the holder; hints force-unlock when stale
     ├── StalePlan(provider)               a saved plan's snapshot no longer matches the host
     ├── ApplyFailed(step, rolled_back)    what failed and what was put back
     ├── TwinUnavailable(reason)           no twin can be built here (no root, no netns, no nft):
@@ -29,6 +31,7 @@ __all__ = [
     "ApplyFailed",
     "ControllerError",
     "LiveReadError",
+    "LockError",
     "LockHeld",
     "Problems",
     "SourceError",
@@ -100,24 +103,54 @@ class ControllerError(ZtplanError):
         super().__init__(message)
 
 
-class LockHeld(ZtplanError):
-    """Another run holds the target's lock (or left it behind: `stale`)."""
+class LockError(ZtplanError):
+    """The target's lock file cannot be taken, read or removed; `path` names it."""
 
-    def __init__(self, info: LockInfo, stale: bool, path: str) -> None:
+    def __init__(self, path: str, message: str, hint: str | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}", hint)
+
+
+class LockHeld(LockError):
+    """Another run holds the target's lock (or left it behind: `stale`).
+
+    `why` says how the holder was judged: empty for a live process here, "remote" for a
+    holder on another host (never called stale: its processes cannot be seen), "being
+    written" for a lock that does not parse yet, or, when stale, the reason."""
+
+    def __init__(self, info: LockInfo, stale: bool, path: str, why: str = "") -> None:
         self.info = info
         self.stale = stale
+        self.why = why
         holder = (
             f"pid {info.pid} on {info.host} (user {info.user}, operation {info.operation}, "
             f"since {info.created}, lock id {info.id})"
         )
         if stale:
             super().__init__(
-                f"{path}: stale lock left by {holder}; that process is gone",
+                path,
+                f"stale lock left by {holder}; {why or 'that process is gone'}",
                 f"if no apply is running, remove it with: ztplan force-unlock {info.id}",
+            )
+        elif why == "remote":
+            super().__init__(
+                path,
+                f"the target is locked by {holder}, on another host: ztplan cannot tell "
+                "whether it still runs",
+                "wait for it, or if that run is over, remove it with: "
+                f"ztplan force-unlock {info.id}",
+            )
+        elif why == "being written":
+            super().__init__(
+                path,
+                "the target is locked by a run whose lock is still being written (holder "
+                "not known yet)",
+                "pass --lock-timeout SECONDS to wait",
             )
         else:
             super().__init__(
-                f"{path}: the target is locked by {holder}",
+                path,
+                f"the target is locked by {holder}",
                 "wait for it to finish, or pass --lock-timeout SECONDS to wait",
             )
 

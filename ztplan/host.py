@@ -16,9 +16,12 @@ from typing import Protocol
 
 from ztplan.errors import LiveReadError
 
-__all__ = ["CommandResult", "Host", "LocalHost", "NETNS_DIR"]
+__all__ = ["CommandResult", "Host", "LocalHost", "NETNS_CONFIG_DIR", "NETNS_DIR"]
 
 NETNS_DIR = "/run/netns"
+NETNS_CONFIG_DIR = "/etc/ztplan/netns"
+"""Where a namespace's copies of /etc files live: /etc/X of namespace NAME is
+NETNS_CONFIG_DIR/NAME/X."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,12 @@ class Host(Protocol):
 
     def write_proc(self, path: str, value: str) -> None:
         """Write a /proc/sys file in the target namespace."""
+        ...
+
+    def shares_with_host(self, path: str) -> bool:
+        """Whether the target namespace sees the host's own copy of this /proc/sys file: a
+        setting the namespace does not isolate, which a write would change for the whole
+        host. True on the host itself."""
         ...
 
     def addresses(self) -> dict[str, list[str]]:
@@ -75,6 +84,12 @@ class LocalHost:
     netns: str | None = None
 
     def __post_init__(self) -> None:
+        if self.netns is not None and (
+            not self.netns or "/" in self.netns or self.netns in (".", "..") or "\0" in self.netns
+        ):  # it names paths under /run/netns and /etc/ztplan/netns: never a way out of them
+            raise LiveReadError(
+                "host", f"{self.netns!r} is not a network namespace name (no '/', not '..')"
+            )
         if self.netns is not None and not os.path.exists(os.path.join(NETNS_DIR, self.netns)):
             raise LiveReadError(
                 "host",
@@ -115,6 +130,25 @@ class LocalHost:
         with self._inside(), open(path, "w", encoding="utf-8") as handle:
             handle.write(value)
 
+    def shares_with_host(self, path: str) -> bool:
+        """The same file (device and inode) from both sides. The host's copy is held open
+        (O_PATH: no read permission needed) while the namespace looks its copy up, so the
+        kernel cannot drop and renumber it in between: a file the namespace does not
+        isolate is then the very same inode, and a per-namespace one never is."""
+        if self.netns is None:
+            return True
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False  # the host has no such file (an interface of the namespace only)
+        try:
+            with self._inside():
+                inside = os.stat(path)
+            outside = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return (inside.st_dev, inside.st_ino) == (outside.st_dev, outside.st_ino)
+
     def addresses(self) -> dict[str, list[str]]:
         from pyroute2 import IPRoute, NetNS
 
@@ -130,9 +164,24 @@ class LocalHost:
         return out
 
     def config_path(self, path: str) -> str:
+        """Refuses (LiveReadError) a path that would leave the namespace's folder, by `..`
+        or by a symlink inside it: ztplan writes there as root."""
         if self.netns is None or not path.startswith("/etc/"):
             return path
-        return os.path.join("/etc/ztplan/netns", self.netns, path.removeprefix("/etc/"))
+        root = os.path.join(NETNS_CONFIG_DIR, self.netns)
+        inside = os.path.normpath(os.path.join(root, path.removeprefix("/etc/")))
+        real_root = os.path.realpath(root)
+        if (
+            os.path.commonpath([inside, root]) != root
+            or inside == root
+            or os.path.commonpath([os.path.realpath(inside), real_root]) != real_root
+        ):
+            raise LiveReadError(
+                "host",
+                f"{path}: leaves the namespace's config folder {root}/",
+                "name a file under /etc/ without '..' or symlinks out of it",
+            )
+        return inside
 
     def read_file(self, path: str) -> str | None:
         try:

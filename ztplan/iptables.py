@@ -109,7 +109,10 @@ def parse_save(text: str) -> dict[str, Table]:
         elif current is None or not line or line.startswith("#") or line == "COMMIT":
             continue
         elif line.startswith(":"):
-            chain, policy = (line[1:].split() + ["-"])[:2]
+            words = line[1:].split()
+            if not words:
+                continue  # `:` alone names no chain
+            chain, policy = (words + ["-"])[:2]
             current.policies[chain] = policy
             current.rules.setdefault(chain, [])
         elif line.startswith("-A "):

@@ -108,10 +108,18 @@ class Run:
 
     @contextlib.contextmanager
     def _locked(self, operation: str, timeout: float | None = None) -> Iterator[None]:
+        """The target's lock for the block. A run that only reads (plan -o, drift, verify)
+        goes on without it when it is stale (its holder is dead): nothing is written, and
+        the plan's notes say the lock is stale; apply refuses until it is removed."""
         from ztplan.lock import lock_path, locked
 
         wait = self.options.lock_timeout if timeout is None else timeout
-        with locked(lock_path(self.state_dir, self.target), operation, wait):
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(locked(lock_path(self.state_dir, self.target), operation, wait))
+            except LockHeld as held:
+                if not held.stale or operation == "apply":
+                    raise
             yield
 
     def _previous(self) -> StateFile | None:
@@ -576,15 +584,16 @@ def revert_at_deadline(state_dir: Path, target: str, journal_id: str) -> str:
         return outcome
 
 
-def force_unlock(state_dir: Path, lock_id: str) -> tuple[Path, object]:
-    """Remove the lock with this id, whoever holds it; (its path, its holder)."""
+def force_unlock(state_dir: Path, lock_id: str) -> tuple[Path, str]:
+    """Remove the lock with this id, whoever holds it; (its path, whose it was)."""
     from ztplan.lock import force_unlock as unlock
     from ztplan.lock import read_lock
 
     for path in sorted(state_dir.glob("*.lock")):
         holder = read_lock(path)
         if holder is not None and holder.id == lock_id:
-            return path, unlock(path, lock_id)
+            info = unlock(path, lock_id)
+            return path, (f"pid {info.pid} on {info.host}, {info.operation} since {info.created}")
     raise ZtplanError(f"{state_dir}: no lock with id {lock_id}")
 
 
@@ -670,12 +679,9 @@ def check_drift(options: Options, lock_timeout: float) -> tuple[DriftReport, Sta
 
 def read_plan(path: Path) -> Plan:
     """A saved plan, for `show`."""
-    from pydantic import ValidationError
+    from ztplan.apply import read_plan as read
 
-    try:
-        return Plan.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError, ValueError) as error:
-        raise ZtplanError(f"{path}: not a ztplan plan file ({error.__class__.__name__})") from None
+    return read(path)
 
 
 def recorded_states(state_dir: Path, target: str | None) -> list[StateFile]:

@@ -9,25 +9,75 @@ Before an apply, `check_commit` refuses a commit that is not a descendant of the
 applied one (an old branch applied by mistake rolls the gateway back) and, when asked,
 one without a good signature (git's own `verify-commit`, against the keys the operator's
 GnuPG trusts).
+
+`--repo` and `--ref` are user text that reaches git: a URL is one of git's URL forms (no
+remote helpers such as `ext::`, nothing that starts with `-`), a ref is revision syntax,
+and options are kept apart from arguments by `--` (a `--repo` spelled like an option made
+`git fetch` run a command of its choice). A URL's userinfo is never printed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from ztplan.errors import SourceError, SpecError
 from ztplan.model import SpecSource
-from ztplan.spec import Spec, parse_spec
+from ztplan.secret import redact_url
+from ztplan.spec import Spec, check_spec_size, parse_spec, read_spec_text
 
-__all__ = ["DEFAULT_SPEC", "check_commit", "read_spec", "resolve_repo"]
+__all__ = [
+    "DEFAULT_SPEC",
+    "check_commit",
+    "check_ref",
+    "check_url",
+    "read_spec",
+    "resolve_repo",
+]
 
 DEFAULT_SPEC = "specs/gateway.yaml"
 
 
 def _is_url(repo: str) -> bool:
     return "://" in repo or (":" in repo and "@" in repo.split(":", 1)[0])
+
+
+_SCHEMES = ("https", "http", "ssh", "git", "file")
+_SCP = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9][A-Za-z0-9.-]*:[^\s]*")
+"""`user@host:path`, git's scp-like form; the host never starts with `-`."""
+_REF = re.compile(r"[A-Za-z0-9._/@{}^~+-]{1,256}")
+
+
+def check_url(repo: str) -> None:
+    """Refuse a `--repo` URL git would read as an option or as a command to run."""
+    shown = redact_url(repo)
+    problem = None
+    if repo.startswith("-") or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in repo):
+        problem = "a URL without spaces or control characters, not an option"
+    elif "://" in repo:
+        scheme, _, rest = repo.partition("://")
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        if scheme.lower() not in _SCHEMES:
+            problem = f"a URL of {', '.join(_SCHEMES)}, not {scheme!r}"
+        elif host.startswith("-"):
+            problem = "a URL whose host does not start with '-'"
+    elif not _SCP.fullmatch(repo):
+        problem = "a URL (https://host/path, ssh://host/path or user@host:path)"
+    if "::" in repo.split("://", 1)[0]:  # git's remote-helper syntax, `ext::sh -c ...`
+        problem = "a URL, not a git remote helper (`transport::address`)"
+    if problem:
+        raise SourceError(f"--repo {shown}: {problem}")
+
+
+def check_ref(ref: str) -> None:
+    """Refuse a `--ref` that is not revision syntax (a branch, tag, sha, `HEAD~2`)."""
+    if ref.startswith("-") or not _REF.fullmatch(ref) or ".." in ref:
+        raise SourceError(
+            f"--ref {ref[:80]!r}: a branch, tag or commit (letters, digits and . _ / - + ~ ^ @ "
+            "{ }), not an option, a range or a path"
+        )
 
 
 def resolve_repo(repo: str, cache_dir: Path | None, fetch: bool = False) -> str:
@@ -38,8 +88,10 @@ def resolve_repo(repo: str, cache_dir: Path | None, fetch: bool = False) -> str:
 
     import git
 
+    check_url(repo)
+    shown = redact_url(repo)
     if cache_dir is None:
-        raise SourceError(f"{repo}: a remote repository needs a state dir to cache it in")
+        raise SourceError(f"{shown}: a remote repository needs a state dir to cache it in")
     clone = cache_dir / "repos" / hashlib.sha256(repo.encode()).hexdigest()[:16]
     try:
         if not clone.exists():
@@ -48,13 +100,21 @@ def resolve_repo(repo: str, cache_dir: Path | None, fetch: bool = False) -> str:
         elif fetch:
             with git.Repo(clone) as cached:
                 cached.git.fetch(
-                    repo, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", "--prune"
+                    "--prune",
+                    "--",  # everything after is a repository or a refspec, never an option
+                    repo,
+                    "+refs/heads/*:refs/heads/*",
+                    "+refs/tags/*:refs/tags/*",
                 )
     except git.GitCommandError as error:
         first = (error.stderr or str(error)).strip().splitlines()[-1:] or ["failed"]
+        said = redact_url(first[0].removeprefix("stderr: ").strip().replace(repo, shown))
         raise SourceError(
-            f"{repo}: cannot {'fetch' if clone.exists() else 'clone'}: "
-            f"{first[0].removeprefix('stderr: ').strip()}"
+            f"{shown}: cannot {'fetch' if clone.exists() else 'clone'}: {said}"
+        ) from None
+    except OSError as error:
+        raise SourceError(
+            f"{shown}: cannot cache it in {clone.parent} ({error.strerror})"
         ) from None
     return str(clone)
 
@@ -69,18 +129,14 @@ def read_spec(
     """Load the spec and say where it came from (commit, dirty work tree)."""
     path = path or DEFAULT_SPEC
     if ref is not None or repo is not None:
+        if ref is not None:
+            check_ref(ref)
         local = resolve_repo(repo or ".", cache_dir, fetch)
         spec, source = _from_git(path, local, ref or "HEAD")
-        if repo and local != repo:  # name the URL, not the cache
-            source = source.model_copy(update={"repo": repo})
+        if repo and local != repo:  # name the URL, not the cache (and never its token)
+            source = source.model_copy(update={"repo": redact_url(repo)})
         return spec, source
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(path, "", "no such spec file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(path, "", f"cannot read the spec ({error})") from None
-    spec = parse_spec(text, path)
+    spec = parse_spec(read_spec_text(path), path)
     return spec, _work_tree_source(path)
 
 
@@ -128,14 +184,19 @@ def _from_git(path: str, repo_dir: str, ref: str) -> tuple[Spec, SpecSource]:
             rel = os.path.relpath(os.path.realpath(rel), os.path.realpath(root))
         if rel.startswith(("..", "/")):
             raise SourceError(f"{path}: a path inside the repository is needed with --ref")
+        where = f"{rel}@{commit.hexsha[:12]}"
         try:
             blob = commit.tree / rel
-            text = blob.data_stream.read().decode("utf-8")
         except KeyError:
             raise SourceError(f"{rel}: no such file at {ref} ({commit.hexsha[:12]})") from None
+        if getattr(blob, "type", None) != "blob":  # a directory or a submodule
+            raise SpecError(where, "", "not a file at that commit")
+        check_spec_size(where, blob.size)  # before reading it: a blob can be any size
+        try:
+            text = blob.data_stream.read().decode("utf-8")
         except UnicodeDecodeError:
-            raise SpecError(f"{rel}@{commit.hexsha[:12]}", "", "not UTF-8 text") from None
-        spec = parse_spec(text, f"{rel}@{commit.hexsha[:12]}")
+            raise SpecError(where, "", "not UTF-8 text") from None
+        spec = parse_spec(text, where)
         source = SpecSource(
             path=rel, repo=str(repo.working_tree_dir or repo_dir), commit=commit.hexsha, ref=ref
         )

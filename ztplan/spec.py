@@ -11,7 +11,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import unicodedata
 from typing import Annotated, Any, Literal, NoReturn
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -33,21 +35,40 @@ from pydantic_core import CoreSchema
 
 from ztplan.errors import SpecError
 from ztplan.iptables import FAMILIES, TABLES
+from ztplan.secret import looks_like_token, redact_url
 
 __all__ = [
     "FAMILIES",
+    "MAX_SPEC_BYTES",
     "TABLES",
     "ChainSpec",
     "Spec",
+    "check_spec_size",
     "format_field",
     "line_of",
     "load_spec",
     "parse_spec",
+    "read_spec_text",
     "rule_problem",
 ]
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNICODE_BREAK = re.compile("[\x80-\x9f\u2028\u2029]")
+"""C1 controls (U+0085 NEXT LINE among them) and the Unicode line and paragraph separators:
+str.splitlines breaks a line at each, so a rule holding one became two kernel rules."""
+
+
+def _unicode_break(text: str) -> str | None:
+    """`U+2028 (LINE SEPARATOR)` when `text` holds a Unicode line break or C1 control."""
+    found = _UNICODE_BREAK.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    name = "NEXT LINE" if char == "\x85" else unicodedata.name(char, "a C1 control character")
+    return f"U+{ord(char):04X} ({name})"
+
+
 _QUOTING = re.compile(r"['\"\\\\]")
 # Options that would turn a rule into another command inside iptables-restore's input.
 _COMMAND_FLAGS = frozenset(
@@ -67,6 +88,8 @@ def rule_problem(rule: str) -> str | None:
         return "an iptables rule, not an empty string"
     if _CONTROL.search(rule):
         return "a rule on one line without control characters (newline, NUL, tab...)"
+    if (char := _unicode_break(rule)) is not None:
+        return f"a rule on one line: {char} is a line break or control character"
     try:  # str.split when there is no quoting: shlex is ~20x slower, and specs are long
         words = shlex.split(rule) if _QUOTING.search(rule) else rule.split()
     except ValueError:
@@ -99,6 +122,11 @@ NetworkId = Annotated[str, StringConstraints(pattern=_NWID_RE)]
 
 
 def _ip_network(value: str) -> str:
+    if "/" not in value:  # ip_network reads it as /32 or /128; the controller stores /0
+        example = f"{_clip(value, 40)}/{64 if ':' in value else 24}"
+        raise ValueError(
+            f"an IP network with its prefix length (e.g. {example}), got {_shown(value)}"
+        )
     try:
         return str(ipaddress.ip_network(value, strict=True))
     except ValueError as error:
@@ -596,6 +624,14 @@ class Ndppd(_Model):
         "Empty: ndppd proxies nothing.",
     )
 
+    @field_validator("config", "pidfile")
+    @classmethod
+    def _no_parent_steps(cls, value: str | None) -> str | None:
+        # With --netns, /etc/X is taken under the namespace's folder: `..` would leave it.
+        if value is not None and ".." in value.split("/"):
+            raise ValueError(f"an absolute path without `..` components, got {_shown(value)}")
+        return value
+
 
 class MemberNetwork(_Model):
     """The settings of one joined network on this host as a member, what `zerotier-cli set
@@ -895,7 +931,8 @@ _SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_@:+/-]+)+$")
 
 
 def _check_sysctl_key(key: str) -> str:
-    if not _SYSCTL_KEY.match(key) or len(key) > 255:
+    parts = [part.replace("/", ".") for part in key.split(".")]  # as sysctl.key_path reads it
+    if not _SYSCTL_KEY.match(key) or len(key) > 255 or {"", ".", ".."} & set(parts):
         raise ValueError(
             "a sysctl key like net.ipv4.ip_forward (dot-separated names, no path components)"
         )
@@ -905,9 +942,16 @@ def _check_sysctl_key(key: str) -> str:
 def _check_sysctl_value(value: Any) -> Any:
     # YAML reads `yes` as True; sysctl wants 1, and a silent True -> "True" is a trap.
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"an integer or a string, got {value!r}")
-    if isinstance(value, str) and _CONTROL.search(value.replace("\t", " ")):
-        raise ValueError("a value without control characters")
+        raise ValueError(f"an integer or a string, got {_shown(value)}")
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        # The kernel's widest sysctl is an unsigned long: a bigger number failed at apply.
+        raise ValueError(f"an integer of at most 64 bits, got {_shown(value)}")
+    if isinstance(value, str) and (
+        _CONTROL.search(value.replace("\t", " ")) or _unicode_break(value)
+    ):
+        raise ValueError("a value without control characters or line breaks")
+    if isinstance(value, str) and len(value) > 4096:
+        raise ValueError("a value of at most 4096 characters (the kernel reads one page)")
     return value
 
 
@@ -986,7 +1030,23 @@ class Spec(_Model):
 # --- loading -------------------------------------------------------------------------
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+class _Constructing:
+    """What both loaders construct with: a constructor's own failure (`!!int abc`, an
+    integer of 5,000 digits, month 13) is a YAML error at that node, not a bare ValueError."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)  # type: ignore[misc]
+        except (ValueError, TypeError, OverflowError) as error:
+            said = str(error)
+            if "Exceeds the limit" in said:  # Python's guard against quadratic int parsing
+                said = "a number too long to read (more than 4300 digits)"
+            raise yaml.constructor.ConstructorError(
+                None, None, _clip(said, 120), node.start_mark
+            ) from None
+
+
+class _Loader(_Constructing, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """A safe loader that refuses duplicate keys (YAML would silently keep the last one).
 
     libyaml's parser when PyYAML has it: ~5x faster on a spec of 20,000 rules."""
@@ -996,20 +1056,124 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                "a mapping key must be a plain value, not a list or mapping",
+                key_node.start_mark,
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
+                None, None, f"duplicate key {_shown(key)}", key_node.start_mark
             )
         seen.add(key)
     return loader.construct_mapping(node, deep)
 
 
-class _PyLoader(yaml.SafeLoader):
+class _PyLoader(_Constructing, yaml.SafeLoader):
     """The pure-Python twin, used only to word a syntax error (libyaml's are terser)."""
 
 
 for _loader in (_Loader, _PyLoader):
     _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+MAX_SPEC_BYTES = 16 * 1024 * 1024
+"""The largest spec read: 16 MiB. A spec of 2 x 50,000 rules is about 4 MiB written
+tersely and 8-10 MiB with long rules (~100 characters); 16 MiB parses in ~1 s and ~150 MB.
+A bigger file is refused before it is read (`/dev/zero`, a runaway generator)."""
+MAX_DEPTH = 32
+"""The deepest spec is about 8 levels (firewall.ipv4.filter.CHAIN.rules[i]); deeper YAML
+is refused before validation (100,000 nested lists overflowed the stack)."""
+MAX_VALUES = 2_000_000
+"""Values in the spec once YAML aliases are expanded (20 times a spec of 2 x 50,000
+rules): an alias bomb of a few kilobytes expands to billions."""
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters: an error is one line, whatever the input held."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _shown(value: Any) -> str:
+    """An input as errors echo it: its repr, clipped, without a URL's userinfo."""
+    return _clip(redact_url(repr(value)))
+
+
+def _check_shape(file: str, data: Any) -> None:
+    """Refuse YAML too deep, too big once aliases are expanded, or an alias that contains
+    itself, before pydantic walks it. Iterative and linear in the distinct objects (an
+    alias is one object however often it is used)."""
+    done: dict[int, tuple[int, int]] = {}  # id -> (values once expanded, depth)
+    active: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        node, finished = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        children = list(node.values()) if isinstance(node, dict) else node
+        if finished:
+            size, depth = 1, 1
+            for child in children:
+                if isinstance(child, dict | list):
+                    child_size, child_depth = done[id(child)]
+                    size, depth = size + child_size, max(depth, child_depth + 1)
+                else:
+                    size += 1
+            if depth > MAX_DEPTH:
+                raise SpecError(file, "", f"nested deeper than {MAX_DEPTH} levels")
+            if size > MAX_VALUES:
+                raise SpecError(
+                    file, "", f"more than {MAX_VALUES:,} values once YAML aliases are expanded"
+                )
+            done[id(node)] = (size, depth)
+            active.discard(id(node))
+            continue
+        if id(node) in done:
+            continue
+        if id(node) in active:
+            raise SpecError(file, "", "a YAML alias that contains itself")
+        active.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if isinstance(c, dict | list))
+
+
+def read_spec_text(path: str) -> str:
+    """A spec file's text: only a regular file (not a FIFO that hangs, not /dev/zero), of at
+    most MAX_SPEC_BYTES, in UTF-8. Raises SpecError naming the file."""
+    from ztplan.files import NotRegular, TooLarge, read_regular
+
+    try:
+        data = read_regular(path, MAX_SPEC_BYTES)
+    except FileNotFoundError:
+        raise SpecError(path, "", "no such spec file") from None
+    except NotRegular as error:
+        raise SpecError(
+            path, "", f"{error.kind}, not a spec file (a spec is a regular YAML file)"
+        ) from None
+    except TooLarge as error:
+        check_spec_size(path, error.size)
+        raise
+    except OSError as error:
+        raise SpecError(path, "", f"cannot read the spec ({error.strerror or error})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(path, "", "not UTF-8 text") from None
+
+
+def check_spec_size(file: str, size: int) -> None:
+    """Refuse a spec of more than MAX_SPEC_BYTES (a file, or a blob at a git commit)."""
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(
+            file,
+            "",
+            f"{size:,} bytes, more than the {MAX_SPEC_BYTES // (1024 * 1024)} MiB a spec may "
+            "have (2 x 50,000 rules take 4-10 MiB)",
+        )
 
 
 _PATTERN_WORDS = {
@@ -1067,35 +1231,44 @@ def _resolve(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[tuple[Any, .
 
 
 def _python_yaml_error(text: str) -> yaml.YAMLError | None:
-    """The pure-Python parser's wording of a syntax error (libyaml's is terser)."""
+    """The pure-Python parser's wording of a syntax error (libyaml's is terser); only for
+    specs of up to 256 KiB, since it parses ~1 MiB a second."""
+    if len(text) > 256 * 1024:
+        return None
     try:
         yaml.load(text, Loader=_PyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         return error
+    except RecursionError:  # libyaml stopped at its nesting limit; this one recurses
+        return None
     return None
 
 
 def _raise_yaml_error(file: str, error: yaml.YAMLError) -> NoReturn:
     mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    problem = getattr(error, "problem", None) or (str(error).splitlines() or ["?"])[0]
     raise SpecError(
-        file, "", f"not valid YAML: {problem}", mark.line + 1 if mark else None
+        file, "", f"not valid YAML: {_clip(problem, 160)}", mark.line + 1 if mark else None
     ) from None
 
 
 def parse_spec(text: str, file: str) -> Spec:
-    """Parse and validate spec text; `file` names it in errors."""
+    """Parse and validate spec text; `file` names it in errors. Raises SpecError only."""
+    check_spec_size(file, len(text))
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         _raise_yaml_error(file, _python_yaml_error(text) or error)
+    except RecursionError:
+        raise SpecError(file, "", f"nested deeper than {MAX_DEPTH} levels") from None
+    _check_shape(file, data)
     if not isinstance(data, dict):
         raise SpecError(file, "", "a YAML mapping with `version: 1` and `target: {name: ...}`")
     try:
         spec = Spec.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
-        loc, line = _resolve(yaml.compose(text, Loader=yaml.SafeLoader), tuple(first["loc"]))
+        loc, line = _resolve(_compose(text), tuple(first["loc"]))
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "not a known field (check the spelling; see `ztplan schema`)"
@@ -1104,12 +1277,16 @@ def parse_spec(text: str, file: str) -> Spec:
         elif first["type"] == "string_pattern_mismatch":
             pattern = str((first.get("ctx") or {}).get("pattern", ""))
             message = _PATTERN_WORDS.get(pattern, f"a value matching {pattern}")
-            message += f", got {first.get('input')!r}"
+            given = first.get("input")
+            if first["loc"][-1:] == ("token_env",) and looks_like_token(str(given)):
+                message += " (this looks like a token itself, so it is not shown)"
+            else:
+                message += f", got {_shown(given)}"
         elif first["type"] == "literal_error":
-            message = f"{message}, got {first.get('input')!r}"
+            message = f"{message}, got {_shown(first.get('input'))}"
         raise SpecError(file, format_field(loc), message, line) from None
     for loc, message in _semantic_problems(spec):
-        _, line = _resolve(yaml.compose(text, Loader=yaml.SafeLoader), loc)
+        _, line = _resolve(_compose(text), loc)
         raise SpecError(file, format_field(loc), message, line)
     spec._text = text
     if spec.gateway is not None:
@@ -1119,11 +1296,17 @@ def parse_spec(text: str, file: str) -> Spec:
     return spec
 
 
+def _compose(text: str) -> yaml.Node | None:
+    """The node tree, to find a field's line: libyaml's composer (~20x the pure-Python one,
+    which took 6 s on a spec of 100,000 rules with one bad rule)."""
+    return yaml.compose(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def line_of(spec: Spec, loc: tuple[Any, ...]) -> int | None:
     """The line of field `loc` in the text `spec` was parsed from (None when unknown)."""
     if not spec._text:
         return None
-    return _resolve(yaml.compose(spec._text, Loader=yaml.SafeLoader), loc)[1]
+    return _resolve(_compose(spec._text), loc)[1]
 
 
 _KIND_NAMES = {"central": "Legacy Central", "local": "a self-hosted controller"}
@@ -1168,19 +1351,93 @@ def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
                             "user chains have no policy",
                         )
                     )
+    return problems + _network_problems(spec) + _secret_problems(spec)
+
+
+def _network_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
+    """Routes and pools the controller would silently rewrite, drop or never use
+    (CONTROLLER-API.md §0): it never refuses them, so ztplan does."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    for i, network in enumerate(spec.networks):
+        on_link: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        targets: dict[str, int] = {}
+        for j, route in enumerate(network.routes or []):
+            target = ipaddress.ip_network(route.target)
+            if route.via is not None and ipaddress.ip_address(route.via).version != target.version:
+                problems.append(
+                    (
+                        ("networks", i, "routes", j, "via"),
+                        f"an IPv{target.version} address, like the target {target} (the "
+                        "controller stores a via of the other family as null: on-link)",
+                    )
+                )
+            if str(target) in targets:
+                problems.append(
+                    (
+                        ("networks", i, "routes", j, "target"),
+                        f"each target once; {target} is also routes[{targets[str(target)]}] "
+                        "(members install only one route per target)",
+                    )
+                )
+            targets.setdefault(str(target), j)
+            if route.via is None and target.prefixlen > 0:
+                on_link.append(target)
+        for k, pool in enumerate(network.ip_pools or []):
+            start, end = ipaddress.ip_address(pool.start), ipaddress.ip_address(pool.end)
+            where = ("networks", i, "ip_pools", k)
+            if start.version != end.version:
+                problems.append(
+                    ((*where, "end"), f"an IPv{start.version} address, like start {start}")
+                )
+            elif int(start) > int(end):
+                problems.append(((*where, "end"), f"an address at or after start {start}"))
+            elif network.routes is not None and not any(
+                start in route and end in route for route in on_link
+            ):
+                inside = ", ".join(map(str, on_link)) or "none"
+                problems.append(
+                    (
+                        where,
+                        f"a range inside one of the network's on-link routes (without via: "
+                        f"{inside}); the controller assigns no address from {start}-{end}",
+                    )
+                )
+    return problems
+
+
+def _secret_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
+    """A token in the spec, where it would be printed and committed: in a URL's userinfo,
+    or pasted as the name of the variable that should hold it."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    urls = {
+        ("controller", "url"): spec.controller.url if spec.controller else None,
+        ("member", "service_url"): spec.member.service_url if spec.member else None,
+    }
+    for loc, url in urls.items():
+        if url is not None and "@" in urlsplit(url).netloc:
+            problems.append(
+                (
+                    loc,
+                    "a URL without user or password (put the token in token_env or "
+                    "token_file: the spec is committed and printed)",
+                )
+            )
+    names = {
+        ("controller", "token_env"): spec.controller.token_env if spec.controller else None,
+        ("member", "token_env"): spec.member.token_env if spec.member else None,
+    }
+    for loc, name in names.items():
+        if name is not None and looks_like_token(name):
+            problems.append(
+                (
+                    loc,
+                    "the name of an environment variable, and this looks like a token itself "
+                    "(not shown): put the token in the environment, its variable's name here",
+                )
+            )
     return problems
 
 
 def load_spec(path: str) -> Spec:
-    """Read a spec from a file in the working tree."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(
-            path,
-            "",
-            f"cannot read the spec: {error.__class__.__name__}: "
-            f"{getattr(error, 'strerror', None) or error}",
-        ) from None
-    return parse_spec(text, path)
+    """Read a spec from a file in the working tree (see `read_spec_text`)."""
+    return parse_spec(read_spec_text(path), path)

@@ -332,6 +332,9 @@ class FailingHost:
     def config_path(self, path: str) -> str:
         return self.inner.config_path(path)
 
+    def shares_with_host(self, path: str) -> bool:
+        return self.inner.shares_with_host(path)
+
 
 def test_a_restore_failing_half_way_rolls_the_firewall_back(netns: str, state_dir: Path) -> None:
     sh(netns, "iptables", "-A", "FORWARD", "-j", "LOG")

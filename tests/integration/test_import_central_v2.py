@@ -34,6 +34,7 @@ def emulator() -> Iterator[ControllerEmulator]:
             "routes": [
                 {"target": "10.6.4.0/22", "via": None},
                 {"target": "0.0.0.0/0", "via": "10.6.6.2"},
+                {"target": "fd00::/64", "via": None},  # the IPv6 pool's on-link route
             ],
             "v4IpAssignmentPools": [{"ipRangeStart": "10.6.4.1", "ipRangeEnd": "10.6.7.254"}],
             "v6IpAssignmentPools": [{"ipRangeStart": "fd00::1", "ipRangeEnd": "fd00::ff"}],
@@ -67,7 +68,11 @@ def test_a_v2_network_imports_into_a_spec_that_plans_no_changes(
         (network,) = spec.networks
         assert network.model_dump(exclude_none=True) == {
             "id": NWID,
-            "routes": [{"target": "0.0.0.0/0", "via": "10.6.6.2"}, {"target": "10.6.4.0/22"}],
+            "routes": [
+                {"target": "0.0.0.0/0", "via": "10.6.6.2"},
+                {"target": "10.6.4.0/22"},
+                {"target": "fd00::/64"},
+            ],
             "ip_pools": [
                 {"start": "10.6.4.1", "end": "10.6.7.254"},
                 {"start": "fd00::1", "end": "fd00::ff"},

@@ -8,7 +8,7 @@ without a recorded answer fails the test instead of returning something made up.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ztplan.host import CommandResult
@@ -22,7 +22,8 @@ Outputs = Mapping[tuple[str, ...], str | CommandResult]
 class ReplayHost:
     """`run` answers from `outputs` (argv tuple -> stdout, or a whole CommandResult);
     `read_proc`/`write_proc` and the file methods use `files` (path -> text, or an
-    OSError to raise); `addresses` returns `addresses`."""
+    OSError to raise); `addresses` returns `addresses`; `shares_with_host` is true for the
+    paths in `host_wide` (and everything when `netns` is None)."""
 
     netns: str | None = None
 
@@ -31,10 +32,13 @@ class ReplayHost:
         outputs: Outputs | None = None,
         files: Mapping[str, str | OSError] | None = None,
         addresses: Mapping[str, list[str]] | None = None,
+        host_wide: Iterable[str] = (),
     ) -> None:
         self.outputs: dict[tuple[str, ...], str | CommandResult] = dict(outputs or {})
         self.files: dict[str, str | OSError] = dict(files or {})
         self.interface_addresses = {k: list(v) for k, v in (addresses or {}).items()}
+        self.host_wide = set(host_wide)
+        """/proc/sys paths the (pretend) namespace shares with the host."""
         self.calls: list[tuple[tuple[str, ...], str | None]] = []
         self.writes: list[tuple[str, str]] = []
 
@@ -62,6 +66,9 @@ class ReplayHost:
             raise current
         self.writes.append((path, value))
         self.files[path] = value
+
+    def shares_with_host(self, path: str) -> bool:
+        return self.netns is None or path in self.host_wide
 
     def addresses(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.interface_addresses.items()}

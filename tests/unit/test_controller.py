@@ -11,7 +11,7 @@ from ztplan.api import ApiClient
 from ztplan.errors import ControllerError
 from ztplan.host import LocalHost
 from ztplan.model import Action, Change
-from ztplan.providers.controller import Controller, normalise_routes
+from ztplan.providers.controller import Controller, normalise_pools, normalise_routes
 
 NWID = "8056c2e21c000001"
 
@@ -29,6 +29,13 @@ def test_routes_normalise_to_one_spelling_and_order() -> None:
         {"target": "10.6.4.7/22", "via": None},  # host bits kept: the controller keeps them
         {"target": "2001:19f0:6001:1a6::/80", "via": None},
     ]
+
+
+@pytest.mark.parametrize("routes", [5, True, "10.6.4.0/22", {"target": "10.6.4.0/22"}, None])
+def test_routes_that_are_not_a_list_normalise_to_none(routes: object) -> None:
+    """`"routes": 5` in an answer was a TypeError (found by tests/adversarial/test_properties)."""
+    assert normalise_routes(routes) == []
+    assert normalise_pools(routes) == []
 
 
 def test_a_controller_that_silently_rewrites_is_caught_by_the_re_read() -> None:

@@ -6,13 +6,23 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from ztplan.errors import LockHeld, ZtplanError
-from ztplan.lock import LockInfo, force_unlock, lock_path, locked, read_lock
+from ztplan.lock import (
+    UNREADABLE_GRACE,
+    LockInfo,
+    force_unlock,
+    lock_path,
+    locked,
+    process_start_time,
+    read_lock,
+)
 
 
 @pytest.fixture
@@ -118,14 +128,69 @@ def test_a_lock_from_another_host_is_not_called_stale(path: Path) -> None:
     assert "on other-host.invalid" in str(caught.value)
 
 
-def test_a_half_written_lock_is_stale_with_an_unknown_holder(path: Path) -> None:
+def test_a_lock_that_stays_unreadable_is_stale_with_an_unknown_holder(path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text("")
+    old = time.time() - UNREADABLE_GRACE - 1  # its writer had all the time it needed
+    os.utime(path, (old, old))
     with pytest.raises(LockHeld) as caught, locked(path, "apply"):
         pass
     assert caught.value.stale is True
     assert caught.value.info.id == "unknown"
+    assert "its content is not a lock" in str(caught.value)
     assert "ztplan force-unlock unknown" in str(caught.value)
+    assert force_unlock(path, "unknown").id == "unknown"
+    assert not path.exists()
+
+
+def test_a_fresh_unreadable_lock_is_being_written_not_stale(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_text('{"id": "half')
+    with pytest.raises(LockHeld) as caught, locked(path, "apply"):
+        pass
+    assert caught.value.stale is False
+    assert str(caught.value) == (
+        f"{path}: the target is locked by a run whose lock is still being written (holder "
+        "not known yet) (pass --lock-timeout SECONDS to wait)"
+    )
+
+
+def test_the_lock_names_the_holder_beyond_its_pid(path: Path) -> None:
+    with locked(path, "apply") as info:
+        assert info.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{os.getpid()}/stat").read_text()
+        assert info.start_time == int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def test_a_lock_of_the_previous_release_is_read_as_before(path: Path) -> None:
+    """No boot id, no start time: stale when the pid is gone, held while it runs."""
+    write_lock(path)
+    with pytest.raises(LockHeld) as caught, locked(path, "apply"):
+        pass
+    assert caught.value.stale is True
+    live = write_lock(path, pid=os.getpid())
+    with pytest.raises(LockHeld) as caught, locked(path, "apply"):
+        pass
+    assert caught.value.stale is False
+    assert caught.value.info == live
+
+
+def test_process_start_time_reads_a_name_with_spaces_and_parentheses(tmp_path: Path) -> None:
+    script = tmp_path / "a) b (c"
+    script.write_text("#!/bin/sh\nsleep 30\n")
+    script.chmod(0o755)
+    child = subprocess.Popen([str(script)])
+    try:
+        for _ in range(100):
+            if "a) b" in Path(f"/proc/{child.pid}/stat").read_text():
+                break
+            time.sleep(0.01)
+        stat = Path(f"/proc/{child.pid}/stat").read_text()
+        assert process_start_time(child.pid) == int(stat.rsplit(")", 1)[1].split()[19])
+    finally:
+        child.kill()
+        child.wait()
+    assert process_start_time(dead_pid()) is None
 
 
 def test_lock_timeout_waits_for_the_holder_to_release(path: Path) -> None:
@@ -189,22 +254,27 @@ def test_force_unlock_refuses_a_wrong_id(path: Path) -> None:
     assert path.exists()
 
 
-def test_force_unlock_refuses_a_live_holder(path: Path) -> None:
+def test_force_unlock_removes_a_live_holders_lock_by_its_id(path: Path) -> None:
+    """The id is the proof the user read the holder: any lock goes, and the caller is told
+    whose it was."""
     with locked(path, "apply") as holder:
-        with pytest.raises(ZtplanError) as caught:
-            force_unlock(path, holder.id)
-        assert str(caught.value) == (
-            f"{path}: pid {holder.pid} on {holder.host} still runs (apply); "
-            "not removing a live lock"
-        )
-        assert read_lock(path) == holder
+        assert force_unlock(path, holder.id) == holder
+        assert not path.exists()
+        with locked(path, "plan"):  # the target can be locked again at once
+            pass
 
 
-def test_force_unlock_refuses_a_holder_on_another_host(path: Path) -> None:
+def test_the_release_leaves_a_newer_lock_alone(path: Path) -> None:
+    with locked(path, "apply") as holder:
+        force_unlock(path, holder.id)
+        newer = write_lock(path, pid=os.getpid(), id="newer")
+    assert read_lock(path) == newer
+
+
+def test_force_unlock_removes_a_holder_on_another_host(path: Path) -> None:
     other = write_lock(path, host="other-host.invalid")
-    with pytest.raises(ZtplanError):
-        force_unlock(path, other.id)
-    assert path.exists()
+    assert force_unlock(path, other.id) == other
+    assert not path.exists()
 
 
 def test_force_unlock_without_a_lock(path: Path) -> None:

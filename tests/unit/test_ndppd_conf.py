@@ -271,6 +271,12 @@ def test_slash_star_slash_closes_a_comment_like_ndppd() -> None:
     assert parse_ndppd_conf("/*/ proxy eth0") == _conf(Proxy(interface="eth0", rules=()))
 
 
+def test_leading_zeros_are_read_like_strtol() -> None:
+    """The length check that keeps int() from 5,000 digits counts digits after the zeros."""
+    conf = parse_ndppd_conf("proxy eth0 {\n ttl " + "0" * 5000 + "7\n}\n")
+    assert conf.proxies[0].ttl == 7
+
+
 # ------------------------------------------------------------------------- errors
 
 
@@ -331,6 +337,7 @@ def test_slash_star_slash_closes_a_comment_like_ndppd() -> None:
         ("proxy eth0 {\n timeout -1\n}\n", 2, "whole number"),
         ("proxy eth0 {\n timeout 0x10\n}\n", 2, "whole number"),
         ("proxy eth0 {\n ttl 2147483648\n}\n", 2, "whole number"),
+        ("proxy eth0 {\n ttl " + "9" * 5000 + "\n}\n", 2, "whole number"),  # int() refused it
         ("route-ttl\n", 1, "whole number"),
         ("proxy eth0 {\n router yes { }\n}\n", 2, "takes no { } block"),
         ("route-ttl 5 { }\n", 1, "takes no { } block"),

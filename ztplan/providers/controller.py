@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 from pydantic import JsonValue
 
 from ztplan.address import Address
-from ztplan.api import ApiClient, NotFound
+from ztplan.api import ApiClient, NotFound, shown_url
 from ztplan.errors import ControllerError
 from ztplan.host import Host
 from ztplan.model import Change, Finding, Resource, Snapshot
@@ -111,7 +111,9 @@ class Controller:
         try:
             answer = self.api.get(self.backend.path(nwid))
         except NotFound:
-            raise ControllerError(self.backend.missing(nwid, self.api.base_url), 404) from None
+            raise ControllerError(
+                self.backend.missing(nwid, shown_url(self.api.base_url)), 404
+            ) from None
         if not isinstance(answer, dict):
             raise ControllerError(f"controller: network {nwid}: the answer is not an object")
         settings = self.backend.settings(answer)

@@ -62,6 +62,11 @@ def _canonical_address(text: Any) -> str | None:
         return str(text)
 
 
+def _items(value: Any) -> list[Any]:
+    """A list from the controller's JSON, or none: `"routes": 5` is not iterable."""
+    return value if isinstance(value, list) else []
+
+
 def normalise_routes(routes: Any) -> list[JsonValue]:
     """Controller or spec routes -> sorted [{target, via}] (a missing via is on-link: None)."""
     out: list[dict[str, JsonValue]] = [
@@ -69,7 +74,7 @@ def normalise_routes(routes: Any) -> list[JsonValue]:
             "target": _canonical_network(str(r.get("target"))),
             "via": _canonical_address(r.get("via")),
         }
-        for r in (routes or [])
+        for r in _items(routes)
         if isinstance(r, dict)
     ]
     out.sort(key=lambda r: (str(r["target"]), str(r["via"] or "")))
@@ -83,7 +88,7 @@ def normalise_pools(pools: Any) -> list[JsonValue]:
             "start": _canonical_address(p.get("ipRangeStart", p.get("start"))),
             "end": _canonical_address(p.get("ipRangeEnd", p.get("end"))),
         }
-        for p in (pools or [])
+        for p in _items(pools)
         if isinstance(p, dict)
     ]
     out.sort(key=lambda p: (str(p["start"]), str(p["end"])))
@@ -307,8 +312,8 @@ class CentralV2Backend(CentralBackend):
 
     def values(self, settings: Mapping[str, Any]) -> dict[str, JsonValue]:
         pools = [
-            *(settings.get("v4IpAssignmentPools") or []),
-            *(settings.get("v6IpAssignmentPools") or []),
+            *_items(settings.get("v4IpAssignmentPools")),
+            *_items(settings.get("v6IpAssignmentPools")),
         ]
         return {
             "routes": normalise_routes(settings.get("routes")),

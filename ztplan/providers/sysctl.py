@@ -71,10 +71,34 @@ class Sysctl:
                 ) from None
             except OSError as error:
                 raise LiveReadError(self.name, f"{key}: cannot read ({error.strerror})") from None
+            if host.netns is not None:
+                self._refuse_host_wide(host, key)
             resources[_address(key)] = Resource(_address(key), normalise_value(value), owned=False)
         return Snapshot.of(
             resources, raw={key: resources[_address(key)].value for key in self._keys}
         )
+
+    def _refuse_host_wide(self, host: Host, key: str) -> None:
+        """In a namespace, only keys it isolates: others would be written to the whole host.
+
+        Only `net.*` keys can be per network namespace, and not all of them are (a table
+        registered for every namespace shares one file): the kernel is asked, file by file.
+        """
+        shared = not key.startswith("net.")
+        if not shared:
+            try:
+                shared = host.shares_with_host(key_path(key))
+            except OSError as error:
+                raise LiveReadError(
+                    self.name, f"{key}: cannot tell whether it is per namespace ({error.strerror})"
+                ) from None
+        if shared:
+            raise LiveReadError(
+                self.name,
+                f"{key}: not isolated by the network namespace {host.netns}: setting it there "
+                "would change it for the whole host",
+                "with --netns only per-namespace net.* keys; set host-wide keys on the host",
+            )
 
     def check(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
         return []

@@ -1,0 +1,54 @@
+"""Reading a file given on the command line: a regular file only, and bounded.
+
+A FIFO would hang the read, /dev/zero would fill memory, a directory is a mistake: all are
+refused by what `stat` says before anything is read, and again on the open descriptor
+(O_NONBLOCK, so a file swapped for a FIFO in between does not hang the open either).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+__all__ = ["NotRegular", "TooLarge", "read_regular"]
+
+
+class NotRegular(OSError):
+    """The path is no regular file; `kind` says what it is ("a FIFO")."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class TooLarge(OSError):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes")
+        self.size = size
+
+
+def _check(info: os.stat_result, limit: int) -> None:
+    if stat.S_ISREG(info.st_mode):
+        if info.st_size > limit:
+            raise TooLarge(info.st_size)
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise NotRegular("a directory")
+    if stat.S_ISFIFO(info.st_mode):
+        raise NotRegular("a FIFO")
+    if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+        raise NotRegular("a device")
+    raise NotRegular("not a regular file")
+
+
+def read_regular(path: str, limit: int) -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them. Raises
+    FileNotFoundError, NotRegular, TooLarge or another OSError."""
+    _check(os.stat(path), limit)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        _check(os.fstat(handle.fileno()), limit)
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(len(data))
+    return data
