@@ -697,7 +697,12 @@ class _Undo:
         self.chains: set[tuple[str, str]] = set()
         self.jumps: set[tuple[str, str]] = set()
         self.policies: set[tuple[str, str]] = set()
-        self.hooked: list[tuple[str, str, str]] = []
+        self.hooked: dict[tuple[str, str, str, str], None] = {}
+        """(table, chain, kind, text) of the foreign and 0.1 rules the changes deleted."""
+        self.back: dict[tuple[str, str], list[int]] = {}
+        """(table, chain) -> the places in `before` of the rules to put back into it."""
+        self.gone: dict[tuple[str, str], list[str]] = {}
+        """(table, chain) -> the rules this undo deletes from it first (ztplan's jumps)."""
 
     def _table(self, name: str) -> _TableEdit:
         return self.tables.setdefault(name, _TableEdit())
@@ -712,7 +717,7 @@ class _Undo:
         elif where.kind == "policy":
             self.policies.add((where.table, where.chain))
         elif where.kind in ("foreign", "legacy"):
-            self.hooked.append((where.table, where.chain, where.kind + "\t" + (where.key or "")))
+            self.hooked[(where.table, where.chain, where.kind, where.key or "")] = None
 
     def render(self) -> str:
         for table, chain in sorted(self.jumps):
@@ -723,8 +728,9 @@ class _Undo:
             was = self.before.get(table, Table()).policies.get(chain, "ACCEPT")
             if self.now.get(table, Table()).policies.get(chain, "ACCEPT") != was:
                 self._table(table).policies.append(f"-P {chain} {was}")
-        for table, chain, key in self.hooked:
-            self._undo_hooked(table, chain, key)
+        for table, chain, kind, text in self.hooked:
+            self._undo_hooked(table, chain, kind, text)
+        self._put_back()
         out = []
         for name, edit in self.tables.items():
             lines = edit.lines()
@@ -740,14 +746,10 @@ class _Undo:
             jump
         ):
             return
-        edit = self._table(table)
-        edit.unhook += [f"-D {chain} {jump}"] * now.count(jump)
+        self._table(table).unhook += [f"-D {chain} {jump}"] * now.count(jump)
+        self.gone.setdefault((table, chain), []).extend([jump] * now.count(jump))
         if jump in was:
-            # Back where it stood, counted among the rules still there (best effort: the
-            # rules around it are others', and may have moved).
-            before_it = [r for r in was[: was.index(jump)] if r != jump]
-            position = sum(1 for r in now if r in before_it and r != jump)
-            edit.hook.append(f"-I {chain} {position + 1} {jump}")
+            self.back.setdefault((table, chain), []).append(was.index(jump))
 
     def _undo_chain(self, table: str, chain: str) -> None:
         physical = own_chain(self.fw.target, chain)
@@ -761,19 +763,18 @@ class _Undo:
             # `_undo_jump` handles), then remove it.
             jump = jump_rule(self.fw.target, chain)
             for hook, rules in self.now.get(table, Table()).rules.items():
-                edit.unhook += [
-                    f"-D {hook} {r}"
-                    for r in rules
-                    if jump_target(r) == physical
-                    and not (r == jump and hook == chain and (table, chain) in self.jumps)
-                ]
+                for r in rules:
+                    if jump_target(r) == physical and not (
+                        r == jump and hook == chain and (table, chain) in self.jumps
+                    ):
+                        edit.unhook.append(f"-D {hook} {r}")
+                        self.gone.setdefault((table, hook), []).append(r)
             edit.drop += [f"-F {physical}", f"-X {physical}"]
         else:
             edit.declare.append(physical)
             edit.own += [f"-A {physical} {r}" for r in was]
 
-    def _undo_hooked(self, table: str, chain: str, key: str) -> None:
-        kind, _, text = key.partition("\t")
+    def _undo_hooked(self, table: str, chain: str, kind: str, text: str) -> None:
         was = self.before.get(table, Table()).rules.get(chain, [])
         now = self.now.get(table, Table()).rules.get(chain, [])
 
@@ -784,12 +785,33 @@ class _Undo:
                 else is_legacy(rule) and untag_legacy(rule) == text
             )
 
-        if sum(map(same, now)) >= sum(map(same, was)):
-            return
-        original = next(r for r in was if same(r))
-        before_it = was[: was.index(original)]
-        position = sum(1 for r in now if r in before_it)
-        self._table(table).hook.append(f"-I {chain} {position + 1} {original}")
+        places = [i for i, r in enumerate(was) if same(r)]
+        missing = len(places) - sum(map(same, now))
+        # `-D CHAIN rule` deletes the first of identical rules: those are the ones missing.
+        self.back.setdefault((table, chain), []).extend(places[: max(missing, 0)])
+
+    def _put_back(self) -> None:
+        """Insert the rules to put back in the order they stood, each right after the
+        nearest rule that stood before it and stands there now (the ones put back before
+        it included); with none, right before the nearest that stood after it; with
+        neither, last. Counting the inserts made before each, no two of them swap; and a
+        rule others added meanwhile keeps its place among those it was put between (a ban
+        inserted at the head stays ahead of everything put back)."""
+        for (table, chain), places in self.back.items():
+            was = self.before.get(table, Table()).rules.get(chain, [])
+            rules = list(self.now.get(table, Table()).rules.get(chain, []))
+            for rule in self.gone.get((table, chain), []):
+                if rule in rules:
+                    rules.remove(rule)
+            for i in sorted(set(places)):
+                after = next((was[k] for k in range(i - 1, -1, -1) if was[k] in rules), None)
+                ahead = next((was[k] for k in range(i + 1, len(was)) if was[k] in rules), None)
+                if after is not None:
+                    position = rules.index(after) + 1
+                else:
+                    position = rules.index(ahead) if ahead is not None else len(rules)
+                rules.insert(position, was[i])
+                self._table(table).hook.append(f"-I {chain} {position + 1} {was[i]}")
 
 
 def live_rules(snapshot: Snapshot, family: str, table: str, chain: str) -> list[str] | None:
