@@ -484,6 +484,26 @@ MIGRATED = (
 )
 
 
+def test_a_first_release_chain_emptied_by_the_migration_is_deleted_with_its_rules() -> None:
+    """ZT-IN held only 0.1's rules and only 0.1's jump led to it: once they move into the
+    target's own chains it is debris, deleted in the same transaction (`-X` after the
+    `-D`s), and said so at its own `legacy` address."""
+    kernel = FakeKernel({"ipv4": FIRST_RELEASE})
+    _, changes = converge(spec_of(MIGRATED), kernel)
+    chain = next(c for c in changes if c.address == "firewall.ipv4.filter.ZT-IN.legacy")
+    assert (chain.action, chain.before) == (Action.DELETE, "ZT-IN")
+    assert chain.reason == "made by ztplan 0.1 for its rules, which now live in ZT-gw1.ZT-IN"
+    assert kernel.restores()[0].index("-D ZT-IN ") < kernel.restores()[0].index("-X ZT-IN\n")
+    assert "ZT-IN" not in kernel.tables["ipv4"]["filter"].rules
+
+
+def test_a_first_release_chain_with_a_foreign_rule_or_jump_is_not_deleted() -> None:
+    for extra in ("-A ZT-IN -p tcp --dport 22 -j ACCEPT", "-A OUTPUT -j ZT-IN"):
+        kernel = FakeKernel({"ipv4": FIRST_RELEASE.replace("COMMIT", f"{extra}\nCOMMIT")})
+        snapshot = firewall_for(spec_of(MIGRATED)).read(kernel)
+        assert Address("firewall.ipv4.filter.ZT-IN.legacy") not in snapshot.resources
+
+
 def test_rollback_of_a_migration_puts_each_rule_back_where_it_stood() -> None:
     """Undoing several deletes in one chain: each goes back after the nearest rule that
     stood before it and is there now, counting the ones put back already (a count of the

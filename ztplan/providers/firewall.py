@@ -31,6 +31,8 @@ Addresses (the spec's chain names, not the kernel's):
     firewall.ipv4.filter.policy.FORWARD               a built-in chain's policy
     firewall.ipv4.filter.FORWARD.foreign["..."]       a foreign rule (unmanaged, or purged)
     firewall.ipv4.filter.FORWARD.legacy["..."]        a rule ztplan 0.1 tagged in place
+    firewall.ipv4.filter.ZT-IN.legacy                 a user chain of ztplan 0.1, emptied
+                                                      by the move (deleted with its rules)
 """
 
 from __future__ import annotations
@@ -340,12 +342,27 @@ class Firewall:
                 elif chain in builtins and not self._other_target(rule):
                     address = _unique(resources, base.dot("foreign").item(rule))
                     resources[address] = Resource(address, rule, owned=False)
+            if chain not in builtins and self._made_by_legacy(table, chain):
+                resources[base.dot("legacy")] = Resource(
+                    base.dot("legacy"),
+                    chain,
+                    reason="made by ztplan 0.1 for its rules, which now live in "
+                    f"{own_chain(self.target, chain)}",
+                )
             if positions:
                 ahead = [r for r in rules[: positions[0]] if not self._yields(r)]
                 value = FIRST if not ahead else f"behind: {ahead[0]}"
                 if len(positions) > 1:
                     value = f"{len(positions)} copies"
                 resources[base.dot("jump")] = Resource(base.dot("jump"), value)
+
+    @staticmethod
+    def _made_by_legacy(table: Table, chain: str) -> bool:
+        """A user chain ztplan 0.1 made (chains carry no tag): every rule in it and every
+        jump to it is tagged, so the plan that moves them leaves it empty and unused."""
+        rules = table.rules.get(chain, [])
+        jumps = [r for rs in table.rules.values() for r in rs if jump_target(r) == chain]
+        return bool(rules) and all(map(is_legacy, rules + jumps))
 
     def _other_target(self, rule: str) -> bool:
         target = jump_target(rule)
@@ -551,6 +568,8 @@ class _Edit:
                 table.unhook += [f"-D {where.chain} {jump}"] * hook_rules.count(jump)
             if change.action in (Action.CREATE, Action.UPDATE):
                 table.hook.append(f"-I {where.chain} 1 {jump}")
+        elif where.kind == "legacy" and where.key is None and change.action is Action.DELETE:
+            table.drop.append(f"-X {where.chain}")  # after the `-D`s of its rules (unhook)
         elif where.kind in ("foreign", "legacy") and change.action is Action.DELETE:
             table.unhook.append(f"-D {where.chain} {self._live_text(where, hook_rules)}")
         elif where.kind == "rule" and where.key is not None:
@@ -697,6 +716,7 @@ class _Undo:
         self.chains: set[tuple[str, str]] = set()
         self.jumps: set[tuple[str, str]] = set()
         self.policies: set[tuple[str, str]] = set()
+        self.legacy_chains: set[tuple[str, str]] = set()
         self.hooked: dict[tuple[str, str, str, str], None] = {}
         """(table, chain, kind, text) of the foreign and 0.1 rules the changes deleted."""
         self.back: dict[tuple[str, str], list[int]] = {}
@@ -716,6 +736,8 @@ class _Undo:
             self.jumps.add((where.table, where.chain))
         elif where.kind == "policy":
             self.policies.add((where.table, where.chain))
+        elif where.kind == "legacy" and where.key is None:
+            self.legacy_chains.add((where.table, where.chain))
         elif where.kind in ("foreign", "legacy"):
             self.hooked[(where.table, where.chain, where.kind, where.key or "")] = None
 
@@ -728,6 +750,11 @@ class _Undo:
             was = self.before.get(table, Table()).policies.get(chain, "ACCEPT")
             if self.now.get(table, Table()).policies.get(chain, "ACCEPT") != was:
                 self._table(table).policies.append(f"-P {chain} {was}")
+        for table, chain in sorted(self.legacy_chains):
+            # Made again first: its rules and the jump to it are put back below.
+            if chain in self.before.get(table, Table()).policies:
+                if chain not in self.now.get(table, Table()).policies:
+                    self._table(table).declare.append(chain)
         for table, chain, kind, text in self.hooked:
             self._undo_hooked(table, chain, kind, text)
         self._put_back()
