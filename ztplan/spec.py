@@ -32,7 +32,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from ztplan.errors import SpecError
-from ztplan.iptables import FAMILIES, TABLES
+from ztplan.iptables import FAMILIES, TABLES, misspelt_target
 
 __all__ = [
     "FAMILIES",
@@ -1061,7 +1061,30 @@ def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
                             "user chains have no policy",
                         )
                     )
+            for chain, chain_spec in table.chains.items():
+                for i, rule in enumerate(chain_spec.rules):
+                    target = _jump_of(rule)
+                    if target is None or target in table.chains:
+                        continue
+                    if (meant := misspelt_target(target)) is not None:
+                        problems.append(
+                            (
+                                ("firewall", family, table_name, chain, i),
+                                f"jumps to {target}, which is no target: {meant} misspelt? "
+                                "(a name one letter from a target's is taken for a typo, "
+                                "not a chain)",
+                            )
+                        )
     return problems
+
+
+def _jump_of(rule: str) -> str | None:
+    """The `-j`/`-g` target of a rule as written (None without one)."""
+    words = shlex.split(rule) if _QUOTING.search(rule) else rule.split()
+    for i, word in enumerate(words[:-1]):
+        if word in ("-j", "--jump", "-g", "--goto"):
+            return words[i + 1]
+    return None
 
 
 def load_spec(path: str) -> Spec:

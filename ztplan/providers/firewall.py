@@ -383,7 +383,7 @@ class Firewall:
         return findings
 
     def _missing_chains(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
-        """A jump to a chain that neither the spec nor the live table defines (`-j ACCEPTT`):
+        """A jump to a chain that neither the spec nor the live table defines (`-j NOSUCHCHAIN`):
         the apply would fail on it, so the plan does first, naming the spec line."""
         parsed = snapshot.parsed if isinstance(snapshot.parsed, dict) else {}
         findings = []
