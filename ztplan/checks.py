@@ -10,9 +10,8 @@ import ipaddress
 import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from ztplan.iptables import mistyped_target
 from ztplan.model import Finding
-from ztplan.spec import Spec, format_field, line_of
+from ztplan.spec import Spec
 
 __all__ = ["check_spec"]
 
@@ -159,37 +158,6 @@ def _needs_host(spec: Spec) -> bool:
 _ADDRESS_OPTIONS = ("-s", "--source", "-d", "--destination")
 
 
-def _jump_typos(spec: Spec, file: str) -> list[Finding]:
-    """A jump to a name that is no chain of the spec and looks like a mistyped target
-    (`-j ACCEPTT`): an error before any host is read. Other unknown names may be chains of
-    other tools (`-j DOCKER-USER`): the plan checks them against the live table."""
-    findings = []
-    for family in ("ipv4", "ipv6"):
-        fam = getattr(spec.firewall, family, None) if spec.firewall else None
-        for table_name, table in (fam.tables() if fam else {}).items():
-            for chain, chain_spec in table.chains.items():
-                for i, rule in enumerate(chain_spec.rules):
-                    words = shlex.split(rule) if '"' in rule or "'" in rule else rule.split()
-                    target = _option(words, "-j", "--jump", "-g", "--goto")
-                    meant = (
-                        mistyped_target(target) if target and target not in table.chains else None
-                    )
-                    if target is None or meant is None:
-                        continue
-                    path = ("firewall", family, table_name, chain, i)
-                    line = line_of(spec, path)
-                    field = format_field(path)
-                    findings.append(
-                        Finding(
-                            severity="error",
-                            address=field,
-                            message=f"{file}:{line}: {field}: jumps to {target}, which is no "
-                            f"target and no chain of the spec; did you mean {meant}?",
-                        )
-                    )
-    return findings
-
-
 def _zero_prefix_on_an_address(spec: Spec) -> list[Finding]:
     """`-d 10.6.4.0/0` is "any address": the guide's own typo that opens a rule to all."""
     findings = []
@@ -264,7 +232,7 @@ def check_spec(
     when a check needs the host: reading costs ~0.1 s) None means they are unknown; `file`
     names the spec in findings that point at a line."""
     findings = _via_outside_routes(spec) + _forward_drop_lets_zerotier_out(spec)
-    findings += _zero_prefix_on_an_address(spec) + _inbound_v6_open(spec) + _jump_typos(spec, file)
+    findings += _zero_prefix_on_an_address(spec) + _inbound_v6_open(spec)
     if spec._shorthand is not None and spec._shorthand.forward_policy == "ACCEPT":
         findings.append(
             Finding(

@@ -343,8 +343,11 @@ def adopt_rules(host: Host, spec: Spec, normalise: Normaliser | None = None) -> 
             ]
             if all(r in moved.get((table, hook), []) for hook, r in jumps):
                 extra[table] += [f"-F {chain}", f"-X {chain}"]
-        # ztplan 0.1's rules among them move in the same transaction (their plan would).
-        legacy = [c for c in changes if ".legacy[" in c.address and c.action is Action.DELETE]
+        # ztplan 0.1's rules among them move in the same transaction (their plan would),
+        # and a chain of 0.1's that the move empties goes with them.
+        legacy = [
+            c for c in changes if c.address.names[3:] == ("legacy",) and c.action is Action.DELETE
+        ]
         mine = [c for c in [*creates, *legacy] if c.address.names[0] == family]
         done = host.run(
             [restore, "--noflush"], input=restore_input(firewall, family, mine, live, extra)

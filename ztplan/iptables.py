@@ -44,7 +44,7 @@ __all__ = [
     "is_legacy",
     "jump_rule",
     "jump_target",
-    "mistyped_target",
+    "misspelt_target",
     "own_chain",
     "own_chain_parts",
     "parse_save",
@@ -70,22 +70,13 @@ LEGACY_TAG = ("-m", "comment", "--comment", "ztplan")
 """How ztplan 0.1 tagged each rule it wrote (as four words of `iptables-save`)."""
 BUILTIN_TARGETS = frozenset({"ACCEPT", "DROP", "RETURN", "QUEUE"})
 """Verdicts that are neither extensions nor chains."""
-TARGETS = (
-    "ACCEPT DROP RETURN QUEUE REJECT LOG NFLOG ULOG SNAT DNAT MASQUERADE REDIRECT NETMAP "
-    "TCPMSS MARK CONNMARK CT NOTRACK TPROXY NFQUEUE TRACE CLASSIFY DSCP TOS TTL HL CHECKSUM "
-    "SET AUDIT IDLETIMER LED SECMARK CONNSECMARK TEE SYNPROXY HMARK RATEEST"
-).split()
-"""Verdicts and the target extensions of iptables 1.8 (`man iptables-extensions`)."""
-
-
-def mistyped_target(name: str) -> str | None:
-    """The target `name` looks like a typo of (`ACCEPTT` -> `ACCEPT`), if any."""
-    import difflib
-
-    if name in TARGETS:
-        return None
-    close = difflib.get_close_matches(name.upper(), TARGETS, n=1, cutoff=0.75)
-    return close[0] if close else None
+TARGETS = BUILTIN_TARGETS | frozenset(
+    "AUDIT CHECKSUM CLASSIFY CLUSTERIP CONNMARK CONNSECMARK CT DNAT DNPT DSCP ECN HL HMARK "
+    "IDLETIMER LED LOG MARK MASQUERADE NAT NETMAP NFLOG NFQUEUE NOTRACK RATEEST REDIRECT "
+    "REJECT SECMARK SET SNAT SNPT SYNPROXY TCPMSS TCPOPTSTRIP TEE TOS TPROXY TRACE TTL "
+    "ULOG".split()
+)
+"""Every target of iptables 1.8: the verdicts and the target extensions it ships."""
 
 
 @dataclass
@@ -172,6 +163,39 @@ def is_legacy(rule: str) -> bool:
         return False
     words = _words(rule)
     return any(tuple(words[i : i + 4]) == LEGACY_TAG for i in range(len(words) - 3))
+
+
+def _one_slip(a: str, b: str) -> bool:
+    """Whether `a` is `b` with one letter added, dropped or changed, or two swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (
+            len(diff) == 2
+            and diff[1] == diff[0] + 1
+            and (a[diff[0]], a[diff[1]]) == (b[diff[1]], b[diff[0]])
+        )
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def misspelt_target(name: str) -> str | None:
+    """The target `name` is a slip of (`ACCEPTT`, `accept`, `MASQUARADE`), or None.
+
+    iptables takes any name it does not know as a user chain, so `-j ACCEPTT` is "a jump
+    to a missing chain" that only the live table can disprove. But a name one letter from
+    a target's (or one in another case) is a typo far more often than a chain: it is
+    refused when the spec is read, which `validate` can do without the host or root.
+    Targets of three letters or fewer (`LOG`, `CT`) are only matched regardless of case:
+    a slip of them is too close to ordinary chain names."""
+    if name in TARGETS:
+        return None
+    upper = name.upper()
+    for target in sorted(TARGETS):
+        if upper == target or (len(target) >= 4 and _one_slip(upper, target)):
+            return target
+    return None
 
 
 def untag_legacy(rule: str) -> str:

@@ -10,7 +10,8 @@ only that rule visits the kernel.
 A jump to a chain the spec does not declare (`-j DOCKER-USER`) cannot load in the empty
 namespace ("Chain 'X' does not exist" / "Couldn't load target `X'"): such a name is
 declared there as a chain and remembered as an *external* reference of the rule, which
-the plan then checks against the live table (`-j ACCEPTT` is no chain anywhere).
+the plan then checks against the live table (`-j NOSUCHCHAIN` may be in none). A name one
+letter from a target's (`-j ACCEPTT`) never gets here: the spec refuses it as a typo.
 
 Scratch namespaces are named `ztplan-scratch-<pid>-<random>`; one left behind by a run
 that was killed is removed by the next run (`remove_stale_scratch`).

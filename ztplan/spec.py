@@ -34,7 +34,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from ztplan.errors import SpecError
-from ztplan.iptables import FAMILIES, TABLES
+from ztplan.iptables import FAMILIES, TABLES, misspelt_target
 from ztplan.secret import looks_like_token, redact_url
 
 __all__ = [
@@ -194,8 +194,11 @@ class Target(_Model):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
         description="Name of this target, e.g. the gateway's hostname: letters, digits, "
         "`_ . -`, up to 63 characters. It names the state and lock files "
-        "(`state/<name>.json`, `state/<name>.lock`), so each host needs its own name; renaming "
-        "a target starts a new state.",
+        "(`state/<name>.json`, `state/<name>.lock`) and the target's own firewall chains "
+        "(`ZT-<name>.FORWARD`; past 12 characters, its head and a digest), so each target "
+        "needs its own name; renaming a target starts a new state. Several targets may share "
+        "a host (two gateways, a gateway and a member): give them one state dir, so each "
+        "plan sees what the others claim.",
     )
 
 
@@ -206,16 +209,20 @@ class ChainSpec(_Model):
     rules: list[Rule] = Field(
         default_factory=list,
         description="The chain's rules in order, each written as iptables arguments without "
-        "`-A CHAIN` (e.g. `-i zt+ -s 10.6.4.0/22 -j ACCEPT`); each rule once. ztplan tags the "
-        "rules it writes `-m comment --comment ztplan` and keeps this order; rules of other "
-        "tools in the chain keep their places.",
+        "`-A CHAIN` (e.g. `-i zt+ -s 10.6.4.0/22 -j ACCEPT`); each rule once. They go, in "
+        "this order, into the target's own chain for this one, `ZT-<target>.<chain>` (e.g. "
+        "`ZT-gw1.FORWARD`), which only ztplan writes; a jump to a user chain of the spec goes "
+        "to the target's own copy of it (`-j ZT-IN` is `-j ZT-gw1.ZT-IN`). A rule may not "
+        "carry a comment `ztplan` or `ztplan:...`: ztplan marks its jumps with one.",
         json_schema_extra={"uniqueItems": True},
     )
     exclusive: bool = Field(
         default=False,
-        description="`true`: ztplan owns the whole chain, and rules it did not write (Docker, "
-        "fail2ban, a human) are deleted from it, like Puppet's purge. `false`: such rules are "
-        "listed in the plan as unmanaged and left alone.",
+        description="For a built-in chain, `true`: ztplan owns the built-in chain itself too, "
+        "and rules it did not write there (Docker's, fail2ban's, a human's; not other "
+        "targets' jumps) are deleted from it, like Puppet's purge; a new one makes a plan "
+        "made before it stale. `false`: such rules are listed in the plan as unmanaged and "
+        "left alone. (A user chain of the spec is the target's own whole either way.)",
     )
 
     @field_validator("rules")
@@ -235,8 +242,10 @@ _BUILTIN_CHAINS = list(dict.fromkeys(chain for chains in TABLES.values() for cha
 class Table(_Model):
     """One iptables table: `policy` for its built-in chains, then one key per chain
     (built-in, like `FORWARD`, or a user chain, like `ZT-IN`), each a list of rules or a
-    `{rules, exclusive}` mapping. A user chain is created when missing; a chain not written
-    here is left as it is."""
+    `{rules, exclusive}` mapping. Each chain's rules live in the target's own chain
+    `ZT-<target>.<chain>`, made when missing; a built-in chain gets one jump into it (see
+    `Firewall`). A chain not written here has none of this target's rules: its own chain
+    for it, from an earlier spec, is deleted with the jump; what others wrote is left."""
 
     policy: dict[ChainName, Literal["ACCEPT", "DROP"]] = Field(
         default_factory=dict,
@@ -244,7 +253,10 @@ class Table(_Model):
         "`{FORWARD: DROP}`, what a packet meets when no rule decides). Only the built-in chains "
         "of the table have one ("
         + "; ".join(f"{table}: {' '.join(chains)}" for table, chains in TABLES.items())
-        + "). A chain not listed keeps its live policy.",
+        + "). A policy listed is this target's claim: another target on the host (same state "
+        "dir) that wants another value gets a plan error naming both specs. A chain not "
+        "listed keeps its live policy, one listed before included: ztplan does not put back "
+        "an earlier value.",
     )
     chains: dict[ChainName, ChainSpec] = Field(
         default_factory=dict,
@@ -295,7 +307,9 @@ class Table(_Model):
 
 
 class Family(_Model):
-    """The tables of one address family. A table not written here is not managed."""
+    """The tables of one address family. A table not written here holds none of this
+    target's rules: its own chains there, from an earlier spec, are deleted with their
+    jumps; its policies and others' rules are left as they are."""
 
     filter: Table | None = Field(
         default=None,
@@ -326,18 +340,32 @@ class Family(_Model):
 
 
 class Firewall(_Model):
-    """iptables and ip6tables: policies and rules, by family and table. Rules ztplan writes
-    carry `-m comment --comment ztplan`, and only those are changed or deleted (all rules in
-    an `exclusive` chain). Each family is applied as one `iptables-restore --noflush`
-    transaction, rolled back as a whole on failure."""
+    """iptables and ip6tables: policies and rules, by family and table, owned the way Docker,
+    fail2ban and Tailscale share a host. The rules of each chain live in a chain of the
+    target's own, `ZT-<target>.<chain>`, entered from the built-in chain by one jump,
+    `-m comment --comment "ztplan:<target>" -j ZT-<target>.<chain>`, put first: only the
+    jumps of tools that put theirs first on every start (Docker's `DOCKER-USER`,
+    `DOCKER-FORWARD`, `DOCKER-ISOLATION-STAGE-1`, `DOCKER-INGRESS`, fail2ban's `f2b-*`,
+    Tailscale's `ts-*`, other targets') may stand ahead of it, so a Docker restart is no
+    drift and any other rule ahead of it is. Only ztplan writes inside its own chains; in
+    the others it touches its jump (inserted at the head, deleted by its text), the
+    policies it sets and, in an `exclusive` chain, the rules it purges (by their text).
+    Each family is one `iptables-restore --noflush` transaction; a failed apply undoes
+    exactly its changes, against a fresh read, so what others did meanwhile stays.
+    Rules that ztplan 0.1 tagged `-m comment --comment ztplan` in the built-in chains,
+    and its user chains that held only such rules, are ztplan's too: the next apply
+    deletes them in the transaction that writes the spec's rules into the target's own
+    chains (a move, for the rules the spec still has)."""
 
     ipv4: Family | None = Field(
         default=None,
-        description="IPv4 tables (iptables). Not set: the IPv4 firewall is not managed.",
+        description="IPv4 tables (iptables). Not set: this target has no IPv4 rules (its own "
+        "chains from an earlier spec are deleted); policies and others' rules are left alone.",
     )
     ipv6: Family | None = Field(
         default=None,
-        description="IPv6 tables (ip6tables). Not set: the IPv6 firewall is not managed.",
+        description="IPv6 tables (ip6tables). Not set: this target has no IPv6 rules (its own "
+        "chains from an earlier spec are deleted); policies and others' rules are left alone.",
     )
 
 
@@ -601,7 +629,8 @@ class NdppdProxy(_Model):
 class Ndppd(_Model):
     """ndppd, the NDP proxy daemon that makes the members' IPv6 addresses reachable from the
     WAN side. ztplan owns its whole config file, compares it by meaning (comments and spacing
-    are not drift) and restarts the daemon when the meaning changes."""
+    are not drift) and restarts the daemon when the meaning changes. One target per file:
+    a second target on the host (same state dir) that writes it is a plan error."""
 
     config: str = Field(
         default="/etc/ndppd.conf",
@@ -962,7 +991,8 @@ SysctlValue = Annotated[int | str, BeforeValidator(_check_sysctl_value)]
 class Spec(_Model):
     """A ztplan spec file (`version: 1`): the desired state of one target, an exit gateway
     (firewall, sysctl, ndppd, controller routes) or a member. A section that is not written
-    is not managed."""
+    is not managed, but for the target's own firewall chains: those are its own whatever
+    the spec says, and go when it no longer writes them."""
 
     _text: str = PrivateAttr(default="")
     """The YAML it was parsed from, to give the line of a field in later errors."""
@@ -989,14 +1019,20 @@ class Spec(_Model):
         "`networks`, `firewall`, `sysctl` and `ndppd`.",
     )
     firewall: Firewall | None = Field(
-        default=None, description="iptables and ip6tables policies and rules."
+        default=None,
+        description="iptables and ip6tables policies and rules, in chains of the target's own. "
+        "Not set: the target's own chains and jumps are deleted; policies and others' rules "
+        "are left as they are.",
     )
     sysctl: dict[SysctlKey, SysctlValue] = Field(
         default_factory=dict,
         description="Kernel parameters, key -> value, written under /proc/sys of the target's "
         "network namespace, e.g. `net.ipv4.ip_forward: 1` (forwarding makes a gateway). Values "
         "are integers or strings: YAML's `yes`/`true` is refused (write 1). A dot inside a name "
-        "(a VLAN interface) is written `/`. Keys not listed are not touched.",
+        "(a VLAN interface) is written `/`. Each key listed is this target's claim: another "
+        "target on the host (same state dir) that wants another value gets a plan error "
+        "naming both specs; the same value is no conflict. Keys not listed are not touched, "
+        "one listed before included (it keeps its value).",
         json_schema_extra={
             "propertyNames": {"pattern": _SYSCTL_KEY.pattern, "maxLength": 255},
         },
@@ -1351,6 +1387,20 @@ def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
                             "user chains have no policy",
                         )
                     )
+            for chain, chain_spec in table.chains.items():
+                for i, rule in enumerate(chain_spec.rules):
+                    target = _jump_of(rule)
+                    if target is None or target in table.chains:
+                        continue
+                    if (meant := misspelt_target(target)) is not None:
+                        problems.append(
+                            (
+                                ("firewall", family, table_name, chain, i),
+                                f"jumps to {target}, which is no target: {meant} misspelt? "
+                                "(a name one letter from a target's is taken for a typo, "
+                                "not a chain)",
+                            )
+                        )
     return problems + _network_problems(spec) + _secret_problems(spec)
 
 
@@ -1436,6 +1486,15 @@ def _secret_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
                 )
             )
     return problems
+
+
+def _jump_of(rule: str) -> str | None:
+    """The `-j`/`-g` target of a rule as written (None without one)."""
+    words = shlex.split(rule) if _QUOTING.search(rule) else rule.split()
+    for i, word in enumerate(words[:-1]):
+        if word in ("-j", "--jump", "-g", "--goto"):
+            return words[i + 1]
+    return None
 
 
 def load_spec(path: str) -> Spec:

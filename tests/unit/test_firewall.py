@@ -17,7 +17,7 @@ from ztplan.address import Address
 from ztplan.diff import diff_resources
 from ztplan.errors import LiveReadError, SpecError
 from ztplan.host import CommandResult
-from ztplan.iptables import TABLES, jump_rule
+from ztplan.iptables import TABLES, jump_rule, parse_save
 from ztplan.model import Action, Change, Resource, Snapshot
 from ztplan.order import order_changes
 from ztplan.plan import restrict
@@ -464,6 +464,63 @@ def test_rollback_undoes_ztplans_edits_and_keeps_a_ban_added_meanwhile() -> None
     assert "ZT-gw1.FORWARD" not in kernel.tables["ipv4"]["filter"].rules
     assert kernel.tables["ipv4"]["filter"].policies["FORWARD"] == "ACCEPT"
     assert firewall.read(kernel).digest == before.digest
+
+
+FIRST_RELEASE = dump(
+    ":ZT-IN - [0:0]",
+    "-A INPUT -i zt+ -m comment --comment ztplan -j ZT-IN",
+    "-A INPUT -i lo -j ACCEPT",
+    "-A FORWARD -s 10.6.4.0/22 -i zt+ -m comment --comment ztplan -j ACCEPT",
+    "-A FORWARD -s 192.0.2.9/32 -j DROP",
+    "-A FORWARD -d 10.6.4.0/22 -i eth0 -m state --state RELATED,ESTABLISHED "
+    "-m comment --comment ztplan -j ACCEPT",
+    "-A ZT-IN -p icmp -m comment --comment ztplan -j ACCEPT",
+    "-A ZT-IN -p udp -m comment --comment ztplan -j ACCEPT",
+)
+"""ztplan 0.1's rules in FORWARD around a foreign one, and its user chain ZT-IN."""
+MIGRATED = (
+    f"  ipv4:\n    filter:\n      FORWARD: ['{ZT_OUT}', '{BACK}']\n"
+    "      INPUT: ['-i zt+ -j ZT-IN']\n      ZT-IN: ['-p icmp -j ACCEPT', '-p udp -j ACCEPT']\n"
+)
+
+
+def test_a_first_release_chain_emptied_by_the_migration_is_deleted_with_its_rules() -> None:
+    """ZT-IN held only 0.1's rules and only 0.1's jump led to it: once they move into the
+    target's own chains it is debris, deleted in the same transaction (`-X` after the
+    `-D`s), and said so at its own `legacy` address."""
+    kernel = FakeKernel({"ipv4": FIRST_RELEASE})
+    _, changes = converge(spec_of(MIGRATED), kernel)
+    chain = next(c for c in changes if c.address == "firewall.ipv4.filter.ZT-IN.legacy")
+    assert (chain.action, chain.before) == (Action.DELETE, "ZT-IN")
+    assert chain.reason == "made by ztplan 0.1 for its rules, which now live in ZT-gw1.ZT-IN"
+    assert kernel.restores()[0].index("-D ZT-IN ") < kernel.restores()[0].index("-X ZT-IN\n")
+    assert "ZT-IN" not in kernel.tables["ipv4"]["filter"].rules
+
+
+def test_a_first_release_chain_with_a_foreign_rule_or_jump_is_not_deleted() -> None:
+    for extra in ("-A ZT-IN -p tcp --dport 22 -j ACCEPT", "-A OUTPUT -j ZT-IN"):
+        kernel = FakeKernel({"ipv4": FIRST_RELEASE.replace("COMMIT", f"{extra}\nCOMMIT")})
+        snapshot = firewall_for(spec_of(MIGRATED)).read(kernel)
+        assert Address("firewall.ipv4.filter.ZT-IN.legacy") not in snapshot.resources
+
+
+def test_rollback_of_a_migration_puts_each_rule_back_where_it_stood() -> None:
+    """Undoing several deletes in one chain: each goes back after the nearest rule that
+    stood before it and is there now, counting the ones put back already (a count of the
+    rules ahead of it as they are now would put two of them in the wrong order)."""
+    kernel = FakeKernel({"ipv4": FIRST_RELEASE})
+    spec = spec_of(MIGRATED)
+    firewall, changes, _, before = plan_on(spec, kernel)
+    firewall.apply(kernel, changes, before)
+    ban = "-s 203.0.113.66/32 -j DROP"  # fail2ban, at the head, meanwhile
+    kernel.run(["iptables-restore", "--noflush"], f"*filter\n-I FORWARD 1 {ban}\nCOMMIT\n")
+    firewall.rollback(kernel, before, changes)
+    rules = kernel.tables["ipv4"]["filter"].rules
+    original = parse_save(FIRST_RELEASE)["filter"].rules
+    assert rules["FORWARD"] == [ban, *original["FORWARD"]]
+    assert rules["ZT-IN"] == original["ZT-IN"]
+    assert rules["INPUT"] == original["INPUT"]
+    assert not any(c.startswith("ZT-gw1.") for c in rules)
 
 
 def test_rollback_of_an_edit_puts_the_own_chain_back_whole() -> None:

@@ -297,6 +297,31 @@ def test_adoption_moves_each_rule_into_the_own_chain_in_one_restore_per_family()
     assert adopted[0] == 'firewall.ipv4.filter.INPUT["-i zt+ -j ZT-IN"]'
 
 
+def test_adoption_deletes_a_first_release_chain_that_the_move_empties() -> None:
+    """A hand-made rule beside ztplan 0.1's ZT-IN (tagged rules, a tagged jump): adopting
+    it moves 0.1's rules too and, in the same transaction, deletes the chain they leave
+    empty, as a plan would; nothing of 0.1's is left behind."""
+    tag = "-m comment --comment ztplan"
+    dump = (
+        "*filter\n:INPUT ACCEPT [0:0]\n:ZT-IN - [0:0]\n-A INPUT -p tcp -j ACCEPT\n"
+        f"-A INPUT -i zt+ {tag} -j ZT-IN\n-A ZT-IN -p icmp {tag} -j ACCEPT\nCOMMIT\n"
+    )
+    host = ReplayHost(dumps(dump))
+    spec = parse_spec(
+        "version: 1\ntarget: {name: gw1}\nfirewall:\n  ipv4:\n    filter:\n"
+        "      INPUT: ['-p tcp -j ACCEPT', '-i zt+ -j ZT-IN']\n"
+        "      ZT-IN: ['-p icmp -j ACCEPT']\n",
+        "gw1.yaml",
+    )
+    host.outputs[("iptables-restore", "--noflush")] = ""
+    adopt_rules(host, spec, as_written)
+    restore = next(text for argv, text in host.calls if argv[0] == "iptables-restore") or ""
+    lines = restore.splitlines()
+    assert lines.count("-X ZT-IN") == 1
+    assert lines.index(f"-D ZT-IN -p icmp {tag} -j ACCEPT") < lines.index("-X ZT-IN")
+    assert lines.index(f"-D INPUT -i zt+ {tag} -j ZT-IN") < lines.index("-X ZT-IN")
+
+
 def test_adoption_when_everything_is_in_own_chains_runs_no_restore() -> None:
     dump = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.6.4.0/22 -j MASQUERADE\nCOMMIT\n"
     host = ReplayHost(dumps(dump))

@@ -12,6 +12,7 @@ from ztplan.iptables import (
     is_legacy,
     jump_rule,
     jump_target,
+    misspelt_target,
     own_chain,
     own_chain_parts,
     parse_save,
@@ -109,6 +110,29 @@ def test_jump_target_and_rewrite_skip_comments() -> None:
 )
 def test_the_first_release_tag_is_matched_exactly(rule: str, legacy: bool) -> None:
     assert is_legacy(rule) is legacy
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("ACCEPTT", "ACCEPT"),
+        ("ACEPT", "ACCEPT"),
+        ("ACCPET", "ACCEPT"),  # two letters swapped
+        ("accept", "ACCEPT"),
+        ("Drop", "DROP"),
+        ("MASQUARADE", "MASQUERADE"),
+        ("log", "LOG"),  # a short target: only its case
+        ("ACCEPT", None),  # targets themselves
+        ("HMARK", None),  # one letter from MARK, and a target of its own
+        ("DNPT", None),
+        ("LOGS", None),  # one letter from LOG: too short to call a typo
+        ("DOCKER-USER", None),
+        ("ZT-IN", None),
+        ("ACCEPT-LOG", None),
+    ],
+)
+def test_misspelt_target(name: str, meant: str | None) -> None:
+    assert misspelt_target(name) == meant
 
 
 def test_untag_legacy() -> None:

@@ -215,6 +215,28 @@ def test_the_error_carries_file_field_and_line_apart() -> None:
     assert error.expected.startswith("rule arguments without the command -A")
 
 
+def test_a_jump_to_a_misspelt_target_is_refused_naming_its_line() -> None:
+    """iptables would take `ACCEPTT` for a chain; one letter from a verdict, it is a typo,
+    refused when the spec is read, without the host."""
+    assert str(error_of(forward('"-j ACCEPT"', '"-i zt+ -j ACCEPTT"'))) == (
+        f"{FILE}:8: firewall.ipv4.filter.FORWARD[1]: jumps to ACCEPTT, which is no target: "
+        "ACCEPT misspelt? (a name one letter from a target's is taken for a typo, not a chain)"
+    )
+    assert "MASQUERADE misspelt?" in str(error_of(forward('"--jump MASQUARADE"')))
+    assert "DROP misspelt?" in str(error_of(forward("\"-m comment --comment 'a b' -g drop\"")))
+
+
+def test_a_jump_to_a_chain_the_spec_or_the_host_may_have_is_not_a_typo() -> None:
+    parse_spec(
+        forward('"-j DOCKER-USER"', '"-j NOSUCHCHAIN"', "\"-m comment --comment '-j ACCEPTT'\""),
+        FILE,
+    )
+    declared = HEAD + (
+        "firewall:\n  ipv4:\n    filter:\n      FORWARD: ['-j DROPS']\n      DROPS: ['-j DROP']\n"
+    )
+    parse_spec(declared, FILE)  # the spec's own chain, however it is named
+
+
 # --- sysctl keys and values -----------------------------------------------------------
 
 SYSCTL_KEY = "a sysctl key like net.ipv4.ip_forward (dot-separated names, no path components)"

@@ -31,6 +31,8 @@ Addresses (the spec's chain names, not the kernel's):
     firewall.ipv4.filter.policy.FORWARD               a built-in chain's policy
     firewall.ipv4.filter.FORWARD.foreign["..."]       a foreign rule (unmanaged, or purged)
     firewall.ipv4.filter.FORWARD.legacy["..."]        a rule ztplan 0.1 tagged in place
+    firewall.ipv4.filter.ZT-IN.legacy                 a user chain of ztplan 0.1, emptied
+                                                      by the move (deleted with its rules)
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from ztplan.iptables import (
     is_legacy,
     jump_rule,
     jump_target,
-    mistyped_target,
+    misspelt_target,
     own_chain,
     own_chain_parts,
     parse_save,
@@ -341,12 +343,27 @@ class Firewall:
                 elif chain in builtins and not self._other_target(rule):
                     address = _unique(resources, base.dot("foreign").item(rule))
                     resources[address] = Resource(address, rule, owned=False)
+            if chain not in builtins and self._made_by_legacy(table, chain):
+                resources[base.dot("legacy")] = Resource(
+                    base.dot("legacy"),
+                    chain,
+                    reason="made by ztplan 0.1 for its rules, which now live in "
+                    f"{own_chain(self.target, chain)}",
+                )
             if positions:
                 ahead = [r for r in rules[: positions[0]] if not self._yields(r)]
                 value = FIRST if not ahead else f"behind: {ahead[0]}"
                 if len(positions) > 1:
                     value = f"{len(positions)} copies"
                 resources[base.dot("jump")] = Resource(base.dot("jump"), value)
+
+    @staticmethod
+    def _made_by_legacy(table: Table, chain: str) -> bool:
+        """A user chain ztplan 0.1 made (chains carry no tag): every rule in it and every
+        jump to it is tagged, so the plan that moves them leaves it empty and unused."""
+        rules = table.rules.get(chain, [])
+        jumps = [r for rs in table.rules.values() for r in rs if jump_target(r) == chain]
+        return bool(rules) and all(map(is_legacy, rules + jumps))
 
     def _other_target(self, rule: str) -> bool:
         target = jump_target(rule)
@@ -403,14 +420,14 @@ class Firewall:
         ]
 
     def _missing_chains(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
-        """A jump to a chain that neither the spec nor the live table defines (`-j ACCEPTT`):
+        """A jump to a chain that neither the spec nor the live table defines (`-j NOSUCHCHAIN`):
         the apply would fail on it, so the plan does first, naming the spec line."""
         parsed = snapshot.parsed if isinstance(snapshot.parsed, dict) else {}
         findings = []
         for address, (path, chain) in self.externals.items():
             where = _where(address)
             live = parsed.get(where.family, {}).get(where.table, Table())
-            if chain in live.policies or mistyped_target(chain):
+            if chain in live.policies or misspelt_target(chain):
                 continue  # there; or a typo the spec checks name with a suggestion
             line = line_of(spec, path)
             field = format_field(path)
@@ -589,6 +606,8 @@ class _Edit:
                 table.unhook += [f"-D {where.chain} {jump}"] * hook_rules.count(jump)
             if change.action in (Action.CREATE, Action.UPDATE):
                 table.hook.append(f"-I {where.chain} 1 {jump}")
+        elif where.kind == "legacy" and where.key is None and change.action is Action.DELETE:
+            table.drop.append(f"-X {where.chain}")  # after the `-D`s of its rules (unhook)
         elif where.kind in ("foreign", "legacy") and change.action is Action.DELETE:
             table.unhook.append(f"-D {where.chain} {self._live_text(where, hook_rules)}")
         elif where.kind == "rule" and where.key is not None:
@@ -735,7 +754,13 @@ class _Undo:
         self.chains: set[tuple[str, str]] = set()
         self.jumps: set[tuple[str, str]] = set()
         self.policies: set[tuple[str, str]] = set()
-        self.hooked: list[tuple[str, str, str]] = []
+        self.legacy_chains: set[tuple[str, str]] = set()
+        self.hooked: dict[tuple[str, str, str, str], None] = {}
+        """(table, chain, kind, text) of the foreign and 0.1 rules the changes deleted."""
+        self.back: dict[tuple[str, str], list[int]] = {}
+        """(table, chain) -> the places in `before` of the rules to put back into it."""
+        self.gone: dict[tuple[str, str], list[str]] = {}
+        """(table, chain) -> the rules this undo deletes from it first (ztplan's jumps)."""
 
     def _table(self, name: str) -> _TableEdit:
         return self.tables.setdefault(name, _TableEdit())
@@ -749,8 +774,10 @@ class _Undo:
             self.jumps.add((where.table, where.chain))
         elif where.kind == "policy":
             self.policies.add((where.table, where.chain))
+        elif where.kind == "legacy" and where.key is None:
+            self.legacy_chains.add((where.table, where.chain))
         elif where.kind in ("foreign", "legacy"):
-            self.hooked.append((where.table, where.chain, where.kind + "\t" + (where.key or "")))
+            self.hooked[(where.table, where.chain, where.kind, where.key or "")] = None
 
     def render(self) -> str:
         for table, chain in sorted(self.jumps):
@@ -761,8 +788,14 @@ class _Undo:
             was = self.before.get(table, Table()).policies.get(chain, "ACCEPT")
             if self.now.get(table, Table()).policies.get(chain, "ACCEPT") != was:
                 self._table(table).policies.append(f"-P {chain} {was}")
-        for table, chain, key in self.hooked:
-            self._undo_hooked(table, chain, key)
+        for table, chain in sorted(self.legacy_chains):
+            # Made again first: its rules and the jump to it are put back below.
+            if chain in self.before.get(table, Table()).policies:
+                if chain not in self.now.get(table, Table()).policies:
+                    self._table(table).declare.append(chain)
+        for table, chain, kind, text in self.hooked:
+            self._undo_hooked(table, chain, kind, text)
+        self._put_back()
         out = []
         for name, edit in self.tables.items():
             lines = edit.lines()
@@ -778,14 +811,10 @@ class _Undo:
             jump
         ):
             return
-        edit = self._table(table)
-        edit.unhook += [f"-D {chain} {jump}"] * now.count(jump)
+        self._table(table).unhook += [f"-D {chain} {jump}"] * now.count(jump)
+        self.gone.setdefault((table, chain), []).extend([jump] * now.count(jump))
         if jump in was:
-            # Back where it stood, counted among the rules still there (best effort: the
-            # rules around it are others', and may have moved).
-            before_it = [r for r in was[: was.index(jump)] if r != jump]
-            position = sum(1 for r in now if r in before_it and r != jump)
-            edit.hook.append(f"-I {chain} {position + 1} {jump}")
+            self.back.setdefault((table, chain), []).append(was.index(jump))
 
     def _undo_chain(self, table: str, chain: str) -> None:
         physical = own_chain(self.fw.target, chain)
@@ -799,19 +828,18 @@ class _Undo:
             # `_undo_jump` handles), then remove it.
             jump = jump_rule(self.fw.target, chain)
             for hook, rules in self.now.get(table, Table()).rules.items():
-                edit.unhook += [
-                    f"-D {hook} {r}"
-                    for r in rules
-                    if jump_target(r) == physical
-                    and not (r == jump and hook == chain and (table, chain) in self.jumps)
-                ]
+                for r in rules:
+                    if jump_target(r) == physical and not (
+                        r == jump and hook == chain and (table, chain) in self.jumps
+                    ):
+                        edit.unhook.append(f"-D {hook} {r}")
+                        self.gone.setdefault((table, hook), []).append(r)
             edit.drop += [f"-F {physical}", f"-X {physical}"]
         else:
             edit.declare.append(physical)
             edit.own += [f"-A {physical} {r}" for r in was]
 
-    def _undo_hooked(self, table: str, chain: str, key: str) -> None:
-        kind, _, text = key.partition("\t")
+    def _undo_hooked(self, table: str, chain: str, kind: str, text: str) -> None:
         was = self.before.get(table, Table()).rules.get(chain, [])
         now = self.now.get(table, Table()).rules.get(chain, [])
 
@@ -822,12 +850,33 @@ class _Undo:
                 else is_legacy(rule) and untag_legacy(rule) == text
             )
 
-        if sum(map(same, now)) >= sum(map(same, was)):
-            return
-        original = next(r for r in was if same(r))
-        before_it = was[: was.index(original)]
-        position = sum(1 for r in now if r in before_it)
-        self._table(table).hook.append(f"-I {chain} {position + 1} {original}")
+        places = [i for i, r in enumerate(was) if same(r)]
+        missing = len(places) - sum(map(same, now))
+        # `-D CHAIN rule` deletes the first of identical rules: those are the ones missing.
+        self.back.setdefault((table, chain), []).extend(places[: max(missing, 0)])
+
+    def _put_back(self) -> None:
+        """Insert the rules to put back in the order they stood, each right after the
+        nearest rule that stood before it and stands there now (the ones put back before
+        it included); with none, right before the nearest that stood after it; with
+        neither, last. Counting the inserts made before each, no two of them swap; and a
+        rule others added meanwhile keeps its place among those it was put between (a ban
+        inserted at the head stays ahead of everything put back)."""
+        for (table, chain), places in self.back.items():
+            was = self.before.get(table, Table()).rules.get(chain, [])
+            rules = list(self.now.get(table, Table()).rules.get(chain, []))
+            for rule in self.gone.get((table, chain), []):
+                if rule in rules:
+                    rules.remove(rule)
+            for i in sorted(set(places)):
+                after = next((was[k] for k in range(i - 1, -1, -1) if was[k] in rules), None)
+                ahead = next((was[k] for k in range(i + 1, len(was)) if was[k] in rules), None)
+                if after is not None:
+                    position = rules.index(after) + 1
+                else:
+                    position = rules.index(ahead) if ahead is not None else len(rules)
+                rules.insert(position, was[i])
+                self._table(table).hook.append(f"-I {chain} {position + 1} {was[i]}")
 
 
 def live_rules(snapshot: Snapshot, family: str, table: str, chain: str) -> list[str] | None:
