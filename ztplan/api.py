@@ -139,6 +139,7 @@ class ApiClient:
         where = f"{method} {shown_url(url)}"
         problem = ""
         end = self.clock() + self.deadline
+        unanswered = False  # sticky: a try with no answer may be stored even if a later one fails
         for attempt in range(1, self.attempts + 1):
             after: float | None = None
             try:
@@ -150,26 +151,30 @@ class ApiClient:
                     timeout=self._timeout(end - self.clock()),
                 )
             except httpx.TimeoutException:
-                problem = "timed out"
+                problem, unanswered = "timed out", True
             except httpx.TransportError as error:
-                problem = f"connection failed ({error.__class__.__name__})"
+                problem, unanswered = f"connection failed ({error.__class__.__name__})", True
             else:
                 status = response.status_code
                 if status == 200:
                     try:
                         return response.json()
                     except (ValueError, RecursionError):  # cut, not UTF-8, nested 100,000 deep
-                        problem = "answered 200 with a body that is not JSON"
+                        problem, unanswered = "answered 200 with a body that is not JSON", True
                 elif status in RETRY_STATUSES:
                     problem = f"answered {status}" + (" (rate limited)" if status == 429 else "")
                     after = _retry_after(response.headers.get("Retry-After"))
                 else:
-                    raise self._error(status, where, response.content)
+                    refused = self._error(status, where, response.content)
+                    refused.unanswered = unanswered
+                    raise refused
             if attempt == self.attempts:
                 break
-            self._pause(where, problem, attempt, after, end)
+            self._pause(where, problem, attempt, after, end, unanswered)
         raise ControllerError(
-            f"{self.what}: {where} {problem}, {self.attempts} attempts", url=shown_url(url)
+            f"{self.what}: {where} {problem}, {self.attempts} attempts",
+            url=shown_url(url),
+            unanswered=unanswered,
         )
 
     def _timeout(self, left: float) -> httpx.Timeout:
@@ -186,7 +191,13 @@ class ApiClient:
         )
 
     def _pause(
-        self, where: str, problem: str, attempt: int, after: float | None, end: float
+        self,
+        where: str,
+        problem: str,
+        attempt: int,
+        after: float | None,
+        end: float,
+        unanswered: bool,
     ) -> None:
         """Wait before attempt `attempt + 1`: at least the backoff, at most max_wait, said
         through on_wait; refused when it would pass the deadline."""
@@ -198,6 +209,7 @@ class ApiClient:
                 f"{self.what}: {where} {problem}{asked}; gave up after {attempt} of "
                 f"{self.attempts} attempts: another would pass the {self.deadline:g} s deadline",
                 url=where.split(" ", 1)[1],
+                unanswered=unanswered,
             )
         what = f"rate limited by {where}" if "429" in problem else f"{where} {problem}"
         self.on_wait(

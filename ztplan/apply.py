@@ -24,7 +24,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import JsonValue
 
@@ -182,12 +182,16 @@ def claims_of(desired: Mapping[Address, JsonValue], ndppd_config: str | None) ->
     return claims
 
 
+Undone = Literal["undone", "stuck", "kept"]
+"""How undoing a step ended: undone; its rollback failed; kept on purpose (forwarding)."""
+
+
 def undo_steps(
     done: Sequence[JournalStep],
     snapshots: Mapping[str, Snapshot],
     host: Host,
     providers: Mapping[str, Provider],
-    on_step: Callable[[JournalStep, Exception | None], None],
+    on_step: Callable[[JournalStep, Undone, Exception | None], None],
 ) -> tuple[list[str], list[str]]:
     """Undo `done`, newest first; (undone, not undone) step names. Once a controller step
     cannot be undone, the steps that make the gateway forward are kept (module docstring)."""
@@ -197,17 +201,17 @@ def undo_steps(
     for step in reversed(done):
         if route_may_be_live and step.provider in FORWARDING:
             kept.append(f"{step.name} (kept: a route through this gateway may be live)")
-            on_step(step, ZtplanError("kept"))
+            on_step(step, "kept", None)
             continue
         try:
             providers[step.provider].rollback(host, snapshots[step.provider], step.changes)
         except Exception as error:  # keep going: put back as much as possible
             kept.append(f"{step.name} ({error})")
             route_may_be_live |= step.provider == "controller"
-            on_step(step, error)
+            on_step(step, "stuck", error)
         else:
             undone.append(step.name)
-            on_step(step, None)
+            on_step(step, "undone", None)
     return undone, kept
 
 
@@ -253,15 +257,12 @@ def apply_plan(
     outcomes = {s.index: "not run" for s in planned}
     errors: dict[int, str] = {}
 
-    def undone(step: JournalStep, error: Exception | None) -> None:
-        if error is None:
-            outcomes[step.index] = "rolled back"
-            log_event(journal_file, journal, "undone", step.index)
-        else:
-            outcomes[step.index] = "not rolled back"
+    def undone(step: JournalStep, how: Undone, error: Exception | None) -> None:
+        outcomes[step.index] = "rolled back" if how == "undone" else "not rolled back"
+        if error is not None:
             errors[step.index] = str(error)
-            log_event(journal_file, journal, "stuck", step.index)
-        reporter.rolled_back(step, error is None)
+        log_event(journal_file, journal, how, step.index)
+        reporter.rolled_back(step, how == "undone")
 
     def failed(step: str, cause: str) -> ApplyFailed:
         rolled, not_rolled = undo_steps(made, snapshots, host, by_name, undone)

@@ -95,11 +95,16 @@ class LiveReadError(ZtplanError):
 
 
 class ControllerError(ZtplanError):
-    """A controller or member-service request failed; the URL never carries the token."""
+    """A controller or member-service request failed; the URL never carries the token.
+    `unanswered`: its last attempt got no answer (timed out, dropped, a garbled 200), so a
+    write may have been stored; an HTTP error status means it was not."""
 
-    def __init__(self, message: str, status: int | None = None, url: str = "") -> None:
+    def __init__(
+        self, message: str, status: int | None = None, url: str = "", unanswered: bool = False
+    ) -> None:
         self.status = status
         self.url = url
+        self.unanswered = unanswered
         super().__init__(message)
 
 

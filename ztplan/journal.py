@@ -8,6 +8,8 @@ of snapshots after every step would cost more than the step):
     <journal id> done <step>       the step was made
     <journal id> undone <step>     it was rolled back
     <journal id> stuck <step>      its rollback failed: it may be (partly) in place
+    <journal id> kept <step>       left in place on purpose (forwarding, while a route
+                                   through this gateway may be live on the controller)
     <journal id> outcome <text>    how a confirm-or-revert window ended
 
 A successful apply removes the journal; so does a rollback that put everything back. A
@@ -80,6 +82,9 @@ class Journal(BaseModel):
     done: list[int] = Field(default_factory=list, description="Steps made (from the log).")
     undone: list[int] = Field(default_factory=list, description="Steps rolled back.")
     stuck: list[int] = Field(default_factory=list, description="Steps whose rollback failed.")
+    kept: list[int] = Field(
+        default_factory=list, description="Steps left in place on purpose (forwarding)."
+    )
     outcome: str | None = Field(default=None, description="How a confirm window ended.")
 
     def in_place(self) -> list[JournalStep]:
@@ -96,12 +101,18 @@ class Journal(BaseModel):
         done = ", ".join(s.name for s in in_place) or "nothing"
         left = [s.name for s in self.steps if s not in in_place]
         stuck = [s.name for s in self.steps if s.index in self.stuck]
+        kept = [s.name for s in self.steps if s.index in self.kept]
         text = (
             f"an apply of {self.target} (pid {self.pid} on {self.host}, started {when}) did "
             f"not finish: in place: {done}; not in place: {', '.join(left) or 'nothing'}"
         )
         if stuck:
             text += f"; its rollback FAILED for {', '.join(stuck)}"
+        if kept:
+            text += (
+                f"; kept on purpose, since a route through this gateway may be live: "
+                f"{', '.join(kept)}"
+            )
         return text
 
 
@@ -131,7 +142,7 @@ def read_journal(path: Path) -> Journal | None:
             continue
         if kind == "outcome":
             journal.outcome = value
-        elif kind in ("done", "undone", "stuck") and value.isdigit():
+        elif kind in ("done", "undone", "stuck", "kept") and value.isdigit():
             getattr(journal, kind).append(int(value))
     return journal
 
@@ -143,7 +154,7 @@ def write_journal(path: Path, journal: Journal) -> None:
 
 def log_event(path: Path, journal: Journal, kind: str, value: int | str) -> None:
     """Record one event (`done 3`, `undone 3`, `outcome ...`): on disk before going on."""
-    if kind in ("done", "undone", "stuck") and isinstance(value, int):
+    if kind in ("done", "undone", "stuck", "kept") and isinstance(value, int):
         getattr(journal, kind).append(value)
     elif kind == "outcome":
         journal.outcome = str(value)

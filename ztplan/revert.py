@@ -154,8 +154,8 @@ def revert(
     path = journal_path(state_dir, journal.target)
     from ztplan.journal import log_event
 
-    def record(step: JournalStep, error: Exception | None) -> None:
-        log_event(path, journal, "undone" if error is None else "stuck", step.index)
+    def record(step: JournalStep, how: str, error: Exception | None) -> None:
+        log_event(path, journal, how, step.index)
 
     reverted, failed = undo_steps(steps, snapshots, host, providers, record)
     if not failed:

@@ -24,7 +24,8 @@ import ipaddress
 import json
 import os
 import shlex
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -97,11 +98,23 @@ def _clamps_mss(spec: Spec, family: str) -> bool:
 class Controller:
     name: ClassVar[str] = "controller"
 
-    def __init__(self, api: ApiClient, kind: str, networks: Sequence[str]) -> None:
+    def __init__(
+        self,
+        api: ApiClient,
+        kind: str,
+        networks: Sequence[str],
+        settle: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.api = api
         self.kind = kind
         self.backend = BACKENDS[kind]
         self.networks = list(networks)
+        self.settle = settle
+        """Seconds to watch a network whose write had no answer, for its outcome."""
+        self.sleep = sleep
+        self.unsettled: set[str] = set()
+        """Networks with a write whose outcome stayed unknown: it may still land."""
 
     def manages(self, spec: Spec) -> bool:
         return spec.controller is not None and bool(spec.networks)
@@ -191,7 +204,12 @@ class Controller:
         return findings
 
     def _post(self, nwid: str, fields: Mapping[str, JsonValue]) -> None:
-        self.api.post(self.backend.path(nwid), self.backend.body(fields))
+        try:
+            self.api.post(self.backend.path(nwid), self.backend.body(fields))
+        except ControllerError as error:
+            if not error.unanswered:
+                raise  # the controller answered no (4xx, or 5xx to the last try): not stored
+            self._settle(nwid, fields, error)  # no answer: find out what it stored
         # Re-read: a controller may answer 200 to data it dropped, rewrote or merged.
         kept = self._get(nwid)
         for field, value in fields.items():
@@ -203,6 +221,29 @@ class Controller:
                     f"sent {json.dumps(value)}, stored {json.dumps(kept.get(field))}"
                     + (self.backend.mismatch_hint if isinstance(value, list | dict) else "")
                 )
+
+    def _settle(self, nwid: str, fields: Mapping[str, JsonValue], error: ControllerError) -> None:
+        """A write with no answer (timed out, connection dropped, a garbled 200) may have
+        been stored, or be stored a moment later. Watch the network for `settle` seconds:
+        if it holds what was sent, the write took; if not, its outcome stays unknown, the
+        network is marked unsettled (rollback then keeps the gateway forwarding) and the
+        error says so."""
+        deadline = time.monotonic() + self.settle
+        while True:
+            try:
+                kept = self._get(nwid)
+            except ControllerError:
+                kept = None
+            if kept is not None and all(kept.get(f) == v for f, v in fields.items()):
+                return
+            if time.monotonic() >= deadline:
+                break
+            self.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+        self.unsettled.add(nwid)
+        raise ControllerError(
+            f"controller: network {nwid}: {error}; for {self.settle:g} s the network did not "
+            "show it stored, but the write may still land: its outcome is unknown"
+        )
 
     def apply(self, host: Host, changes: Sequence[Change], before: Snapshot) -> None:
         by_network: dict[str, dict[str, JsonValue]] = {}
@@ -225,6 +266,12 @@ class Controller:
             changed = {f: values[f] for f in fields if f in values and current.get(f) != values[f]}
             if changed:
                 self._post(nwid, changed)
+        late = sorted(set(touched) & self.unsettled)
+        if late:  # put back now, but a write that had no answer may still land after this
+            raise ControllerError(
+                f"controller: network {', '.join(late)} is put back as it was, but an earlier "
+                "write had no answer and may still land, routing members through this gateway"
+            )
 
     def read_one(self, nwid: str) -> dict[str, JsonValue]:
         return self._get(nwid)
