@@ -779,23 +779,45 @@ def sandbox_status() -> None:
     _sandbox("status")
 
 
+def _usage_errors() -> tuple[type[Exception], type[Exception] | None]:
+    """click's UsageError and NoArgsIsHelpError, from the click typer really uses: typer
+    0.29 vendors its own (`typer._click`), whose classes `import click` does not catch;
+    earlier typers use click itself. `typer.BadParameter` is a UsageError in both."""
+    usage = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    return usage, getattr(sys.modules[usage.__module__], "NoArgsIsHelpError", None)
+
+
+def _command_path(argv: list[str]) -> str:
+    """`ztplan show` for `show --target-name` (click raises some usage errors without a
+    context, so the hint would otherwise point at the app's help, not the command's)."""
+    command: Any = typer.main.get_command(app)
+    path = ["ztplan"]
+    for word in (w for w in argv if not w.startswith("-")):
+        command = getattr(command, "commands", {}).get(word)
+        if command is None:
+            break
+        path.append(word)
+    return " ".join(path)
+
+
 def _dispatch(argv: list[str]) -> int:
     """Run the app; map click's own outcomes onto ours (usage errors: 1, never 2)."""
-    import click
-
+    usage_error, no_args_is_help = _usage_errors()
     try:
         result = app(args=argv, prog_name="ztplan", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as shown:
-        _out(shown.ctx.get_help() + "\n" if shown.ctx else "")
-        return 0
-    except click.UsageError as error:
-        where = error.ctx.command_path if error.ctx else "ztplan"
-        _err(f"Error: {error.format_message()} (see `{where} --help`)\n")
-        return 1
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         return done.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         _err("Interrupted.\n")
+        return 1
+    except usage_error as error:
+        ctx: Any = getattr(error, "ctx", None)
+        if no_args_is_help is not None and isinstance(error, no_args_is_help):
+            _out(ctx.get_help() + "\n" if ctx else "")
+            return 0
+        where = ctx.command_path if ctx else _command_path(argv)
+        message = error.format_message().replace("Value error, ", "")  # type: ignore[attr-defined]
+        _err(f"Error: {message} (see `{where} --help`)\n")
         return 1
     return result if isinstance(result, int) else 0
 

@@ -1,0 +1,98 @@
+"""Issue 10's command-line conventions, each proven through a real `ztplan` process: exit
+codes, help, --debug, Ctrl-C, progress, --target, broken pipes, headers, colours, and
+what each output carries. Each test fails if its convention breaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli import ztplan
+from ztplan import __version__
+
+# --- usage errors: exit 1, one line naming the option and the help -------------------
+
+USAGE_ERRORS = {
+    "misspelt_flag": (
+        ["plan", "--detailed-exitcod"],
+        "Error: No such option: --detailed-exitcod (Possible options: --detailed-exitcode) "
+        "(see `ztplan plan --help`)",
+    ),
+    "misspelt_option_with_value": (
+        ["drift", "--formt", "json"],
+        "Error: No such option: --formt (Possible options: --format, --root) "
+        "(see `ztplan drift --help`)",
+    ),
+    "missing_argument": (
+        ["force-unlock"],
+        "Error: Missing argument 'LOCK_ID'. (see `ztplan force-unlock --help`)",
+    ),
+    "option_without_its_value": (
+        ["show", "--target-name"],
+        "Error: Option '--target-name' requires an argument. (see `ztplan show --help`)",
+    ),
+    "bad_choice": (
+        ["plan", "--format", "xml"],
+        "Error: Invalid value for '--format': 'xml' is not one of 'human', 'json', "
+        "'markdown'. (see `ztplan plan --help`)",
+    ),
+    "not_a_number": (
+        ["apply", "--lock-timeout", "soon"],
+        "Error: Invalid value for '--lock-timeout': Input should be a valid number, unable "
+        "to parse string as a number (see `ztplan apply --help`)",
+    ),
+    "unknown_command": (
+        ["plna"],
+        "Error: No such command 'plna'. Did you mean 'plan'? (see `ztplan --help`)",
+    ),
+    "unknown_subcommand": (
+        ["sandbox", "upp"],
+        "Error: No such command 'upp'. Did you mean 'up'? (see `ztplan sandbox --help`)",
+    ),
+    "unknown_global_option": (["--bogus"], "Error: No such option: --bogus (see `ztplan --help`)"),
+}
+
+
+@pytest.mark.parametrize(("args", "line"), USAGE_ERRORS.values(), ids=USAGE_ERRORS.keys())
+def test_a_usage_error_exits_1_naming_the_option_and_the_help(
+    tmp_path: Path, args: list[str], line: str
+) -> None:
+    """click's own exit code 2 never leaks out (2 means "changes" to a caller of drift)."""
+    done = ztplan(*args, cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", line + "\n")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_anywhere_adds_a_traceback(tmp_path: Path, where: str) -> None:
+    args = ["validate", "nope.yaml"]
+    args = ["--debug", *args] if where == "before" else [*args, "--debug"]
+    done = ztplan(*args, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("Traceback (most recent call last):\n")
+    assert done.stderr.endswith("\nError: nope.yaml: no such spec file\n")
+    plain = ztplan("validate", "nope.yaml", cwd=tmp_path)
+    assert plain.stderr == "Error: nope.yaml: no such spec file\n"
+
+
+# --- --version, -h and what help shows ---------------------------------------------
+
+
+def test_version(tmp_path: Path) -> None:
+    done = ztplan("--version", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, f"ztplan {__version__}\n")
+
+
+# --- which spec: named for apply and drift -------------------------------------------
+
+
+# --- validate: every problem at once -------------------------------------------------
+
+
+# --- broken pipes ------------------------------------------------------------------
+
+
+# --- on the real kernel ------------------------------------------------------------
+
+
+# --- with a controller: headers, progress, apply --json, Ctrl-C ----------------------
