@@ -75,7 +75,7 @@ class ControllerKind(StrEnum):
 SpecArg = Annotated[
     str | None,
     typer.Argument(
-        metavar="[SPEC]",
+        metavar="SPEC",
         help=f"Spec file (plan, validate: default {DEFAULT_SPEC}).",
         show_default=False,
     ),
@@ -128,6 +128,7 @@ LockTimeoutOpt = Annotated[
         "--lock-timeout",
         metavar="SECONDS",
         help="Wait this long for the target's lock (default: fail at once).",
+        show_default=False,
     ),
 ]
 
@@ -695,7 +696,7 @@ def drift(
 def show(
     planfile: Annotated[
         Path | None,
-        typer.Argument(metavar="[PLANFILE]", help="A plan saved with plan -o.", show_default=False),
+        typer.Argument(metavar="PLANFILE", help="A plan saved with plan -o.", show_default=False),
     ] = None,
     state: Annotated[bool, typer.Option("--state", help="Show what the applies recorded.")] = False,
     target: Annotated[
@@ -755,25 +756,25 @@ def _sandbox(action: str) -> None:
     _guard(False, body)
 
 
-@sandbox_app.command("up")
+@sandbox_app.command("up", short_help="Build the sandbox and start its controller emulator.")
 def sandbox_up() -> None:
     """Create the ztplan-sandbox namespaces (WAN eth0, ZeroTier-like zt0) and the emulator."""
     _sandbox("up")
 
 
-@sandbox_app.command("env")
+@sandbox_app.command("env", short_help="Print the lines that point ztplan at the sandbox.")
 def sandbox_env() -> None:
     """Print the shell lines that point ztplan at the sandbox's controller emulator."""
     _sandbox("env")
 
 
-@sandbox_app.command("down")
+@sandbox_app.command("down", short_help="Delete the sandbox and stop its emulator.")
 def sandbox_down() -> None:
     """Delete the sandbox namespaces and stop the emulator."""
     _sandbox("down")
 
 
-@sandbox_app.command("status")
+@sandbox_app.command("status", short_help="Say whether the sandbox is up, with its addresses.")
 def sandbox_status() -> None:
     """Say whether the sandbox exists, with its interfaces and addresses."""
     _sandbox("status")

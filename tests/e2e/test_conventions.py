@@ -4,12 +4,30 @@ what each output carries. Each test fails if its convention breaks."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import typer
 
 from tests.e2e.test_cli import ztplan
 from ztplan import __version__
+from ztplan.cli import app
+
+
+def command_paths() -> list[tuple[str, ...]]:
+    """Every command of the app, as words after `ztplan` (the app itself: ())."""
+    paths: list[tuple[str, ...]] = [()]
+
+    def walk(command: object, path: tuple[str, ...]) -> None:
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            if not getattr(sub, "hidden", False):
+                paths.append((*path, name))
+                walk(sub, (*path, name))
+
+    walk(typer.main.get_command(app), ())
+    return paths
+
 
 # --- usage errors: exit 1, one line naming the option and the help -------------------
 
@@ -81,6 +99,24 @@ def test_debug_anywhere_adds_a_traceback(tmp_path: Path, where: str) -> None:
 def test_version(tmp_path: Path) -> None:
     done = ztplan("--version", cwd=tmp_path)
     assert (done.returncode, done.stdout) == (0, f"ztplan {__version__}\n")
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "ztplan")
+def test_help_has_no_python_types_and_no_cut_summaries(tmp_path: Path, path: tuple[str]) -> None:
+    """`-h` works everywhere; help says what to pass in a user's words (SPEC, SECONDS,
+    human|json|markdown), never `<str>` or `<list[str]>`, and no summary is cut off."""
+    short = ztplan(*path, "-h", cwd=tmp_path)
+    assert short.returncode == 0, short.stderr
+    done = ztplan(*path, "--help", cwd=tmp_path)
+    assert done.stdout == short.stdout
+    text = done.stdout
+    assert text.startswith(f"Usage: {' '.join(('ztplan', *path))} ")
+    types = re.findall(r"<[^>|]*>", text)  # `<a|b>` lists the choices: that is fine
+    assert not types, f"Python types in the help: {types}"
+    usage = text.splitlines()[0]
+    assert "[[" not in usage and "..." not in usage.replace("COMMAND [ARGS]...", "")
+    cut = [line for line in text.splitlines() if "..." in line.replace("COMMAND [ARGS]...", "")]
+    assert not cut, cut
 
 
 # --- which spec: named for apply and drift -------------------------------------------
