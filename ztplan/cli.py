@@ -30,6 +30,23 @@ if TYPE_CHECKING:
 if hasattr(typer.core, "TyperArgument"):
     typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
 
+# typer 0.29 coerces every parameter through a pydantic TypeAdapter, even a flag left
+# unset (None): `ztplan plan --help` imported pydantic (~100 ms) for the app's own
+# --help and completion flags before printing a line. A flag's value is already a bool
+# (or None) from the parser, so it needs no coercion; anything else keeps typer's.
+if hasattr(typer.core, "_TyperParameter") and hasattr(typer, "_coercion"):
+    _runtime_param = typer.core._TyperParameter.get_runtime_param
+
+    def _flag_runtime_param(self: Any) -> Any:
+        descriptor = self.type_descriptor
+        if self._runtime_param is None and descriptor.annotation is bool and not self.envvar:
+            self._runtime_param = typer._coercion.PassThroughRuntimeParam(
+                annotation=bool, parameter_info=descriptor.parameter_info
+            )
+        return _runtime_param(self)
+
+    typer.core._TyperParameter.get_runtime_param = _flag_runtime_param  # type: ignore[method-assign]
+
 app = typer.Typer(
     name="ztplan",
     help="Declarative ZeroTier exit gateways: plan and apply firewall, sysctl, ndppd and "

@@ -5,6 +5,8 @@ what each output carries. Each test fails if its convention breaks."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,21 @@ def test_help_has_no_python_types_and_no_cut_summaries(tmp_path: Path, path: tup
     assert "[[" not in usage and "..." not in usage.replace("COMMAND [ARGS]...", "")
     cut = [line for line in text.splitlines() if "..." in line.replace("COMMAND [ARGS]...", "")]
     assert not cut, cut
+
+
+def test_a_command_help_imports_no_heavy_module() -> None:
+    """`ztplan plan --help` stays as fast as `ztplan --help`: parsing the app's own flags
+    must not import pydantic (typer 0.29 coerces through it; cli.py skips that for
+    flags). The time itself is measured by tests/bench/bench_help.py, not asserted."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from ztplan.cli import _dispatch\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    _dispatch(['plan', '--help'])\n"
+        "print(sorted(m for m in ('pydantic', 'yaml', 'httpx', 'git') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 # --- which spec: named for apply and drift -------------------------------------------
