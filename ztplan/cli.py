@@ -180,7 +180,9 @@ def _guard(as_json: bool, body: Callable[[], int]) -> None:
         if _flags["debug"]:
             traceback.print_exc()
         _fail(error.lines(), as_json)
-    except (typer.Exit, typer.Abort, KeyboardInterrupt, BrokenPipeError):
+    except KeyboardInterrupt:  # typer would make it a silent exit 130; ours is 1, said
+        _fail(["interrupted (Ctrl-C)"], as_json)
+    except (typer.Exit, typer.Abort, BrokenPipeError):
         raise
     except Exception as error:  # a bug: say so, show the traceback only with --debug
         if _flags["debug"]:
@@ -352,6 +354,11 @@ class _Stopper:
         return self.stopping
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            _err(
+                "\nStopped at once, in the middle of a step: nothing is undone. The journal in "
+                "the state dir records each step; the next plan says what is in place.\n"
+            )
         if not self.armed or self.stopping:
             raise KeyboardInterrupt
         self.stopping = True
@@ -362,11 +369,19 @@ class _Stopper:
 
 
 def _ask() -> bool:
-    _err("\nDo you want to apply these changes? Only 'yes' will be accepted.\n")
+    """The question and its prompt go to stderr (input() would print the prompt on
+    stdout, inside `apply --json`'s document); Ctrl-C or EOF is a no."""
     try:
-        return input("  Enter a value: ").strip() == "yes"
+        _err("\nDo you want to apply these changes? Only 'yes' will be accepted.\n")
+        _err("  Enter a value: ")
+        sys.stderr.flush()
+        answer = input()
     except (EOFError, KeyboardInterrupt):
+        _err("\n")
         return False
+    if not sys.stdin.isatty():
+        _err("\n")  # a terminal's echo of the answer ends the prompt's line; a pipe's does not
+    return answer.strip() == "yes"
 
 
 @app.command(short_help="Make the changes, in a safe order, under the lock.")

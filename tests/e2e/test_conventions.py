@@ -4,17 +4,35 @@ what each output carries. Each test fails if its convention breaks."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import select
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import typer
 
-from tests.e2e.test_cli import ztplan
+from tests.conftest import full_dump, needs_netns, sh
+from tests.e2e.test_cli import ZTPLAN, ztplan
+from tests.integration.test_gateway_netns import GATEWAY
 from ztplan import __version__
 from ztplan.cli import app
+from ztplan.testing.emulator import ControllerEmulator
+
+NWID = "8056c2e21c000001"
+SLOW_SPEC = GATEWAY + (
+    "controller: {kind: local, token_env: ZT_TOKEN}\n"
+    f"networks:\n  - id: '{NWID}'\n    routes:\n"
+    "      - {target: 10.6.4.0/22}\n      - {target: 0.0.0.0/0, via: 10.6.6.2}\n"
+)
+"""The gateway with a route on the controller: the last step (announce) talks to the
+emulator, which can be made slow (`Faults.latency`) or failing."""
 
 
 def command_paths() -> list[tuple[str, ...]]:
@@ -148,4 +166,204 @@ def test_a_command_help_imports_no_heavy_module() -> None:
 # --- on the real kernel ------------------------------------------------------------
 
 
+@pytest.fixture
+def spec(tmp_path: Path) -> Path:
+    path = tmp_path / "gw.yaml"
+    path.write_text(GATEWAY)
+    return path
+
+
 # --- with a controller: headers, progress, apply --json, Ctrl-C ----------------------
+
+
+@pytest.fixture
+def emulator() -> Iterator[ControllerEmulator]:
+    with ControllerEmulator(token="conventions-token") as emu:
+        emu.add_network(NWID)
+        yield emu
+
+
+def env_for(tmp_path: Path, emu: ControllerEmulator) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ZTPLAN_STATE_DIR": str(tmp_path / "state"),
+        "NO_COLOR": "1",
+        "ZTPLAN_CONTROLLER_URL": emu.url,
+        "ZT_TOKEN": "conventions-token",
+    }
+
+
+def run(
+    tmp_path: Path, emu: ControllerEmulator, *args: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ZTPLAN, *args],
+        cwd=tmp_path,
+        env=env_for(tmp_path, emu),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def slow_spec(tmp_path: Path) -> Path:
+    path = tmp_path / "gw.yaml"
+    path.write_text(SLOW_SPEC)
+    return path
+
+
+class Apply:
+    """A `ztplan apply` running in the background, read line by line from stderr."""
+
+    def __init__(self, tmp_path: Path, emu: ControllerEmulator, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*ZTPLAN, "apply", *args],
+            cwd=tmp_path,
+            env=env_for(tmp_path, emu),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.err: list[str] = []
+
+    def wait_for(self, text: str, seconds: float = 60.0) -> None:
+        """Read stderr until a line contains `text` (the prompt has no newline: it is
+        looked for in what was read so far)."""
+        stream = self.process.stderr
+        assert stream is not None
+        deadline = time.monotonic() + seconds
+        buffer = ""
+        while text not in buffer:
+            assert time.monotonic() < deadline, f"no {text!r} in {self.err + [buffer]}"
+            ready, _, _ = select.select([stream], [], [], 1.0)
+            if ready:
+                char = os.read(stream.fileno(), 1).decode()
+                assert char, f"ztplan ended before {text!r}: {self.err + [buffer]}"
+                buffer += char
+                if char == "\n":
+                    self.err.append(buffer)
+                    buffer = ""
+        if buffer:
+            self.err.append(buffer)
+
+    def finish(self, input: str | None = None) -> tuple[int, str, str]:
+        out, rest = self.process.communicate(input, timeout=120)
+        return self.process.returncode, out, "".join(self.err) + rest
+
+
+@needs_netns
+def test_a_slow_step_says_so_on_stderr_and_apply_json_is_one_document(
+    tmp_path: Path, slow_spec: Path, netns: str, emulator: ControllerEmulator
+) -> None:
+    emulator.faults.latency = 1.5  # the controller step: a GET and a POST, 3 s
+    apply = Apply(tmp_path, emulator, str(slow_spec), "--netns", netns, "--auto-approve", "--json")
+    code, out, err = apply.finish()
+    assert code == 0, err
+    assert "controller (announce): still applying... 2 s elapsed\n" in err
+    outcome = json.loads(out)  # stdout is the outcome, and only that
+    assert (outcome["applied"], outcome["serial"]) == (True, 1)
+    assert [(s["provider"], s["status"]) for s in outcome["steps"]] == [
+        ("firewall", "done"),
+        ("sysctl", "done"),
+        ("controller", "done"),
+    ]
+    assert "still applying" not in out
+
+
+@needs_netns
+def test_apply_json_on_failure_lists_the_rolled_back_steps(
+    tmp_path: Path, slow_spec: Path, netns: str, emulator: ControllerEmulator
+) -> None:
+    before = full_dump(netns)
+    emulator.faults.latency = 1.0
+    apply = Apply(tmp_path, emulator, str(slow_spec), "--netns", netns, "--auto-approve", "--json")
+    apply.wait_for("controller (announce): applying")
+    # The step's first request is being answered: it and its 3 retries fail; the rollback's
+    # read after them succeeds.
+    emulator.faults.status_5xx = 4
+    emulator.faults.latency = 0.0
+    code, out, err = apply.finish()
+    assert code == 1
+    outcome = json.loads(out)
+    assert outcome["applied"] is False and outcome["serial"] is None
+    assert [(s["provider"], s["status"]) for s in outcome["steps"]] == [
+        ("firewall", "rolled back"),
+        ("sysctl", "rolled back"),
+        ("controller", "rolled back"),
+    ]
+    assert (
+        "rolled back: controller (announce), sysctl (forward), firewall (protect)"
+        in (outcome["error"])
+    )
+    assert json.loads(err.splitlines()[-1])["error"] == outcome["error"]
+    assert full_dump(netns) == before
+
+
+@needs_netns
+def test_one_ctrl_c_stops_after_the_step_and_rolls_back(
+    tmp_path: Path, slow_spec: Path, netns: str, emulator: ControllerEmulator
+) -> None:
+    before = full_dump(netns)
+    emulator.faults.latency = 1.0
+    apply = Apply(tmp_path, emulator, str(slow_spec), "--netns", netns, "--auto-approve")
+    apply.wait_for("controller (announce): applying")
+    apply.process.send_signal(signal.SIGINT)
+    code, _, err = apply.finish()
+    assert code == 1
+    assert "Stopping after the current step; what was applied will be undone." in err
+    assert err.splitlines()[-1] == (
+        "Error: apply failed at step controller (announce): interrupted (Ctrl-C) while this "
+        "step ran; rolled back: controller (announce), sysctl (forward), firewall (protect)"
+    )
+    assert full_dump(netns) == before
+    assert sh(netns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "0"
+    assert emulator.request_log[-2][1:] == (f"/controller/network/{NWID}", {"routes": []})
+    assert not (tmp_path / "state" / "gw.json").exists()
+    assert not (tmp_path / "state" / "gw.journal.json").exists()  # all undone: nothing to tell
+
+
+@needs_netns
+def test_a_second_ctrl_c_stops_at_once_and_the_next_plan_says_what_is_in_place(
+    tmp_path: Path, slow_spec: Path, netns: str, emulator: ControllerEmulator
+) -> None:
+    emulator.faults.latency = 2.0
+    apply = Apply(tmp_path, emulator, str(slow_spec), "--netns", netns, "--auto-approve")
+    apply.wait_for("controller (announce): applying")
+    apply.process.send_signal(signal.SIGINT)
+    apply.wait_for("Ctrl-C again to stop at once")
+    apply.process.send_signal(signal.SIGINT)
+    code, _, err = apply.finish()
+    assert code == 1
+    assert "Stopped at once, in the middle of a step: nothing is undone." in err
+    assert err.splitlines()[-1] == "Error: interrupted (Ctrl-C)"
+    emulator.faults.latency = 0.0
+    plan = run(tmp_path, emulator, "plan", str(slow_spec), "--netns", netns)
+    assert plan.returncode == 0, plan.stderr
+    assert "Warning: apply.interrupted: an apply of gw (pid " in plan.stdout
+    assert (
+        "did not finish: in place: firewall (protect), sysctl (forward); "
+        "not in place: controller (announce)" in plan.stdout
+    )
+
+
+@needs_netns
+@pytest.mark.parametrize("how", ["ctrl-c", "eof"])
+def test_ctrl_c_or_eof_at_the_prompt_cancels(
+    tmp_path: Path, spec: Path, netns: str, emulator: ControllerEmulator, how: str
+) -> None:
+    before = full_dump(netns)
+    apply = Apply(tmp_path, emulator, str(spec), "--netns", netns)
+    apply.wait_for("Enter a value: ")
+    if how == "ctrl-c":
+        apply.process.send_signal(signal.SIGINT)
+        code, out, err = apply.finish()
+    else:
+        code, out, err = apply.finish("")  # stdin closed
+    assert code == 1
+    assert err.splitlines()[-1] == "Apply cancelled; nothing was changed."
+    assert "Enter a value" not in out
+    assert full_dump(netns) == before
