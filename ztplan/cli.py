@@ -151,7 +151,9 @@ LockTimeoutOpt = Annotated[
 
 
 def _color() -> bool:
-    return _flags["color"] and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    """Colours only on a terminal, and not with --no-color or NO_COLOR set to anything but
+    "" (no-color.org)."""
+    return _flags["color"] and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 def _out(text: str) -> None:

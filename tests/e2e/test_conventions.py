@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -157,10 +159,40 @@ def test_a_command_help_imports_no_heavy_module() -> None:
 # --- which spec: named for apply and drift -------------------------------------------
 
 
+@pytest.mark.parametrize("command", ["apply", "drift"])
+def test_apply_and_drift_guess_no_spec(tmp_path: Path, command: str) -> None:
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "gateway.yaml").write_text(GATEWAY)  # there, and still not guessed
+    done = ztplan(command, cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"Error: name the spec to {command}: ztplan {command} SPEC (no default is guessed)\n"
+    )
+
+
 # --- validate: every problem at once -------------------------------------------------
 
 
 # --- broken pipes ------------------------------------------------------------------
+
+
+def run_into_a_closed_pipe(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`ztplan ARGS | head -1`, made certain: the reader is gone before ztplan writes."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        env = {**os.environ, "ZTPLAN_STATE_DIR": str(cwd / "state"), "NO_COLOR": "1"}
+        return subprocess.run(
+            [*ZTPLAN, *args], cwd=cwd, stdout=write, stderr=subprocess.PIPE, text=True, env=env
+        )
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("args", [["schema"], ["--help"], ["plan", "--help"], ["--version"]])
+def test_a_broken_pipe_ends_quietly(tmp_path: Path, args: list[str]) -> None:
+    done = run_into_a_closed_pipe(args, tmp_path)
+    assert (done.returncode, done.stderr) == (1, "")
 
 
 # --- on the real kernel ------------------------------------------------------------
@@ -171,6 +203,85 @@ def spec(tmp_path: Path) -> Path:
     path = tmp_path / "gw.yaml"
     path.write_text(GATEWAY)
     return path
+
+
+@needs_netns
+def test_a_broken_pipe_during_a_plan_ends_quietly(tmp_path: Path, spec: Path, netns: str) -> None:
+    for extra in ([], ["--json"]):
+        done = run_into_a_closed_pipe(["plan", str(spec), "--netns", netns, *extra], tmp_path)
+        assert (done.returncode, done.stderr) == (1, "")
+
+
+@needs_netns
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_a_target_matching_nothing_is_an_error(
+    tmp_path: Path, spec: Path, netns: str, command: str
+) -> None:
+    before = full_dump(netns)
+    extra = ["--auto-approve"] if command == "apply" else []
+    done = ztplan(
+        command, str(spec), "--netns", netns, "--target", "sysctl.nope", *extra, cwd=tmp_path
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        "Error: --target sysctl.nope matches no resource of the spec or of the live state "
+        "(run plan without --target to see the addresses)"
+    )
+    assert full_dump(netns) == before
+
+
+def in_a_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """What `ztplan ARGS` prints on a terminal (stdout and stderr are the pty)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        os.chdir(cwd)
+        os.execvpe(ZTPLAN[0], [*ZTPLAN, *args], env)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.waitpid(pid, 0)
+    os.close(fd)
+    return output.decode()
+
+
+@needs_netns
+def test_colours_on_a_terminal_unless_no_color(tmp_path: Path, spec: Path, netns: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env["ZTPLAN_STATE_DIR"] = str(tmp_path / "state")
+    args = ["plan", str(spec), "--netns", netns]
+    assert "\x1b[" in in_a_terminal(args, tmp_path, env)
+    assert "\x1b[" in in_a_terminal(args, tmp_path, {**env, "NO_COLOR": ""})  # "" is unset
+    for shown in (
+        in_a_terminal(args, tmp_path, {**env, "NO_COLOR": "1"}),
+        in_a_terminal([*args, "--no-color"], tmp_path, env),
+        in_a_terminal(["--no-color", *args], tmp_path, env),
+    ):
+        assert "Plan: 12 to add, 4 to change, 0 to destroy." in shown
+        assert "\x1b" not in shown
+
+
+@needs_netns
+def test_markdown_and_drift_show_before_and_after(tmp_path: Path, spec: Path, netns: str) -> None:
+    spec.write_text(
+        GATEWAY.replace("-j SNAT --to-source 198.51.100.7", "-j SNAT --to-source 1.2.3.4")
+    )
+    markdown = ztplan("plan", str(spec), "--netns", netns, "--format", "markdown", cwd=tmp_path)
+    assert (
+        '| forward | update | `sysctl["net.ipv4.ip_forward"]` | `"0"` → `"1"` |' in markdown.stdout
+    )
+    assert (
+        "- **Warning** `firewall.ipv4.nat.POSTROUTING[1]`: SNAT --to-source 1.2.3.4 is not an "
+        "address of any interface here" in markdown.stdout
+    )
+    drift = ztplan("drift", str(spec), "--netns", netns, cwd=tmp_path)
+    assert drift.returncode == 2
+    assert 'drift: gw: ~ sysctl["net.ipv4.ip_forward"]: "0" -> "1"\n' in drift.stdout
 
 
 # --- with a controller: headers, progress, apply --json, Ctrl-C ----------------------
@@ -213,6 +324,22 @@ def slow_spec(tmp_path: Path) -> Path:
     path = tmp_path / "gw.yaml"
     path.write_text(SLOW_SPEC)
     return path
+
+
+@needs_netns
+def test_every_plan_header_names_the_host_netns_and_controller_used(
+    tmp_path: Path, slow_spec: Path, netns: str, emulator: ControllerEmulator
+) -> None:
+    host = socket.gethostname()
+    args = ("plan", str(slow_spec), "--netns", netns)
+    human = run(tmp_path, emulator, *args).stdout
+    assert f"Target: gw on host {host} (netns {netns})\nController: {emulator.url}\n" in human
+    markdown = run(tmp_path, emulator, *args, "--format", "markdown").stdout
+    assert f"| `gw on host {host} (netns {netns})` |" in markdown
+    assert f"Controller: `{emulator.url}`" in markdown
+    plan = json.loads(run(tmp_path, emulator, *args, "--json").stdout)
+    assert (plan["host"], plan["netns"], plan["controller_url"]) == (host, netns, emulator.url)
+    assert plan["format_version"] and plan["counts"] == {"add": 12, "change": 5, "destroy": 0}
 
 
 class Apply:
