@@ -167,8 +167,7 @@ def _err(text: str) -> None:
 def _fail(lines: list[str], as_json: bool) -> NoReturn:
     from ztplan import render
 
-    for line in lines:
-        _err(render.error(line, as_json))
+    _err(render.errors(lines, as_json))
     raise typer.Exit(1)
 
 

@@ -173,6 +173,28 @@ def test_apply_and_drift_guess_no_spec(tmp_path: Path, command: str) -> None:
 # --- validate: every problem at once -------------------------------------------------
 
 
+def test_validate_reports_every_problem_at_once_with_the_nearest_field(tmp_path: Path) -> None:
+    spec = tmp_path / "gw.yaml"
+    spec.write_text(
+        "version: 1\ntarget: {name: gw}\n"
+        "firewall:\n  ipv4:\n    filter:\n      polcy: {FORWARD: DROP}\n"
+        "sysctls: {net.ipv4.ip_forward: 1}\n"
+        "networks: [{id: nope}]\n"
+    )
+    done = ztplan("validate", str(spec), cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"Error: {spec}:6: firewall.ipv4.filter.polcy: not a known field; did you mean "
+        "`policy`? (see `ztplan schema`)",
+        f"Error: {spec}:7: sysctls: not a known field; did you mean `sysctl`? "
+        "(see `ztplan schema`)",
+        f"Error: {spec}:8: networks[0].id: a network id: 16 lowercase hex digits, got 'nope'",
+    ]
+    as_json = json.loads(ztplan("validate", str(spec), "--json", cwd=tmp_path).stderr)
+    assert as_json["error"] == done.stderr.splitlines()[0].removeprefix("Error: ")
+    assert len(as_json["errors"]) == 3
+
+
 # --- broken pipes ------------------------------------------------------------------
 
 
