@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from ztplan.model import Plan
+    from ztplan.model import ApplyOutcome, Plan
     from ztplan.run import Run
 
 # typer 0.29 prints each argument's Python type (`<str>`) in plain help; the metavars say
@@ -385,6 +385,58 @@ def _ask() -> bool:
     return answer.strip() == "yes"
 
 
+class _Operator:
+    """The person at the terminal during an apply: is shown the plan (not with --json),
+    approves it (not asked with --auto-approve, nor for a saved plan: it was reviewed),
+    may press Ctrl-C (`_Stopper`, armed once the go-ahead is given), and is told the
+    outcome: on stderr, or as `apply --json`'s one document on stdout."""
+
+    def __init__(self, fmt: Format, auto_approve: bool) -> None:
+        self.fmt = fmt
+        self.auto_approve = auto_approve
+        self.stopper = _Stopper()
+
+    def apply(self, run: Run, **options: Any) -> ApplyOutcome | None:
+        """`run.apply` with the operator's hooks; the outcome, rendered (None: cancelled)."""
+        from ztplan import render
+        from ztplan.errors import ApplyFailed
+        from ztplan.run import Cancelled
+
+        as_json = self.fmt is Format.json
+        try:
+            with self.stopper:
+                outcome = run.apply(
+                    approve=self._approve,
+                    reporter=render.reporter(_color()),
+                    shown=lambda plan: self._shown(plan, saved=run.saved is not None),
+                    stop=self.stopper.requested,
+                    **options,
+                )
+        except Cancelled as said:
+            _err(f"{said}\n")
+            return None
+        except ApplyFailed as failed:
+            if as_json:
+                _out(render.apply_outcome(failed.outcome(run.target), "json"))
+            raise
+        (_out if as_json else _err)(render.apply_outcome(outcome, self.fmt.value, _color()))
+        return outcome
+
+    def _shown(self, plan: Plan, saved: bool) -> None:
+        from ztplan import render
+
+        if self.fmt is not Format.json:
+            _out(render.plan(plan, self.fmt.value, _color()))
+        if saved or self.auto_approve:
+            self.stopper.arm()
+
+    def _approve(self, plan: Plan) -> bool:
+        if not self.auto_approve and not _ask():
+            return False
+        self.stopper.arm()
+        return True
+
+
 @app.command(short_help="Make the changes, in a safe order, under the lock.")
 def apply(
     spec: Annotated[
@@ -431,10 +483,6 @@ def apply(
     fmt = Format.json if json_ else fmt
 
     def body() -> int:
-        from ztplan import render
-        from ztplan.errors import ApplyFailed
-        from ztplan.run import Cancelled
-
         run = _open(
             _needs(spec, "apply"),
             repo=repo,
@@ -446,39 +494,14 @@ def apply(
             lock_timeout=lock_timeout,
             root=root,
         )
-        stopper = _Stopper()
-
-        def shown(result: Plan) -> None:
-            if fmt is not Format.json:
-                _out(render.plan(result, fmt.value, _color()))
-            if run.saved is not None or auto_approve:
-                stopper.arm()
-
-        def approve(result: Plan) -> bool:
-            if not auto_approve and not _ask():
-                return False
-            stopper.arm()
-            return True
-
-        try:
-            with stopper:
-                outcome = run.apply(
-                    approve=approve,
-                    reporter=render.reporter(_color()),
-                    shown=shown,
-                    confirm_within=confirm_within,
-                    allow_non_descendant=allow_non_descendant,
-                    require_signed=require_signed,
-                    stop=stopper.requested,
-                )
-        except Cancelled as said:
-            _err(f"{said}\n")
+        outcome = _Operator(fmt, auto_approve).apply(
+            run,
+            confirm_within=confirm_within,
+            allow_non_descendant=allow_non_descendant,
+            require_signed=require_signed,
+        )
+        if outcome is None:  # cancelled at the prompt
             return 1
-        except ApplyFailed as failed:
-            if fmt is Format.json:
-                _out(render.apply_outcome(failed.outcome(run.target), "json"))
-            raise
-        (_out if fmt is Format.json else _err)(render.apply_outcome(outcome, fmt.value, _color()))
         if outcome.confirm_by is not None:  # the lock is released: the reverter may need it
             return _await_confirmation(state_dir, run.target, outcome.confirm_by)
         return 0
@@ -554,6 +577,20 @@ def revert_at_deadline(
     _guard(False, body)
 
 
+def _controller(
+    kind: ControllerKind | None, url: str | None, token_env: str | None, token_file: str | None
+) -> dict[str, str] | None:
+    """import's --controller-* options, as the spec's `controller:` fields ("" unset)."""
+    if kind is None:
+        return None
+    return {
+        "kind": kind.value,
+        "url": url or "",
+        "token_env": token_env or "",
+        "token_file": token_file or "",
+    }
+
+
 @app.command("import", short_help="Write the spec of a gateway built by hand.")
 def import_cmd(
     netns: NetnsOpt = None,
@@ -611,19 +648,11 @@ def import_cmd(
     def body() -> int:
         from ztplan.run import import_host
 
-        controller = None
-        if controller_kind is not None:
-            controller = {
-                "kind": controller_kind.value,
-                "url": controller_url or "",
-                "token_env": token_env or "",
-                "token_file": token_file or "",
-            }
         text, adopted = import_host(
             netns=netns,
             target_name=target_name,
             networks=network or [],
-            controller=controller,
+            controller=_controller(controller_kind, controller_url, token_env, token_file),
             ndppd_config=ndppd_config,
             ndppd_pidfile=ndppd_pidfile,
             adopt=adopt,
