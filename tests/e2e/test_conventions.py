@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from tests.conftest import full_dump, needs_netns, sh
+from tests.conftest import ROOT, full_dump, needs_netns, sh
 from tests.e2e.test_cli import ZTPLAN, ztplan
 from tests.integration.test_gateway_netns import GATEWAY
 from ztplan import __version__
@@ -141,6 +141,13 @@ def test_help_has_no_python_types_and_no_cut_summaries(tmp_path: Path, path: tup
     assert not cut, cut
 
 
+def test_help_documents_no_color(tmp_path: Path) -> None:
+    text = ztplan("--help", cwd=tmp_path).stdout
+    assert "--no-color" in text and "NO_COLOR" in text
+    readme = (ROOT / "README.md").read_text()
+    assert "NO_COLOR" in readme and "--no-color" in readme
+
+
 def test_a_command_help_imports_no_heavy_module() -> None:
     """`ztplan plan --help` stays as fast as `ztplan --help`: parsing the app's own flags
     must not import pydantic (typer 0.29 coerces through it; cli.py skips that for
@@ -168,6 +175,17 @@ def test_apply_and_drift_guess_no_spec(tmp_path: Path, command: str) -> None:
     assert done.stderr == (
         f"Error: name the spec to {command}: ztplan {command} SPEC (no default is guessed)\n"
     )
+
+
+def test_validate_and_plan_default_to_specs_gateway_yaml_as_readme_says(tmp_path: Path) -> None:
+    for command in ("validate", "plan"):
+        done = ztplan(command, cwd=tmp_path)
+        assert done.stderr == "Error: specs/gateway.yaml: no such spec file\n"
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "gateway.yaml").write_text(GATEWAY)
+    assert ztplan("validate", cwd=tmp_path).stdout == "specs/gateway.yaml: valid (target gw)\n"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "`plan` and `validate` read `specs/gateway.yaml` when no spec is named" in readme
 
 
 # --- validate: every problem at once -------------------------------------------------
