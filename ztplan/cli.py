@@ -3,8 +3,8 @@
 Exit codes (Terraform's), and only here: 0 success (with --detailed-exitcode: no changes);
 2 success with changes (--detailed-exitcode, and `drift` always); 1 any error, usage errors
 included (click's own 2 never leaks out), as one line on stderr. `--debug` (a traceback
-with errors) and `--no-color` are understood anywhere on the line. Heavy modules are
-imported inside the commands, so `ztplan --help` stays fast.
+with errors), `--no-color` and `--version` are understood anywhere on the line. Heavy
+modules are imported inside the commands, so `ztplan --help` stays fast.
 """
 
 from __future__ import annotations
@@ -902,6 +902,8 @@ def main(argv: list[str] | None = None) -> None:
         if flag in args and "--" not in args[: args.index(flag)]:
             args.remove(flag)
             _flags["debug" if flag == "--debug" else "color"] = flag == "--debug"
+    if "--version" in args[: args.index("--") if "--" in args else None]:
+        args = ["--version"]  # `ztplan plan --version` too: DESIGN's common options
     gc.set_threshold(100_000, 50, 50)
     try:
         code = _dispatch(args)

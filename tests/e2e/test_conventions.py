@@ -118,9 +118,12 @@ def test_debug_anywhere_adds_a_traceback(tmp_path: Path, where: str) -> None:
 # --- --version, -h and what help shows ---------------------------------------------
 
 
-def test_version(tmp_path: Path) -> None:
-    done = ztplan("--version", cwd=tmp_path)
-    assert (done.returncode, done.stdout) == (0, f"ztplan {__version__}\n")
+@pytest.mark.parametrize(
+    "args", [["--version"], ["plan", "--version"], ["sandbox", "up", "--version"]]
+)
+def test_version_on_the_app_and_on_each_command(tmp_path: Path, args: list[str]) -> None:
+    done = ztplan(*args, cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"ztplan {__version__}\n", "")
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "ztplan")
