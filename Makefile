@@ -1,11 +1,14 @@
 # ztplan: `make demo` sets everything up and plans + applies specs/gateway.yaml on the
-# sandbox; `make test` runs the checks and tests. Both need root (namespaces, iptables).
+# sandbox; `make test` sets everything up and runs the checks and tests. Both need root
+# (namespaces, iptables) and nothing else on a fresh Debian: the system packages below
+# are installed with apt when missing (python3-venv for .venv, procps for sysctl, git for
+# specs read from a commit).
 
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 SANDBOX := ztplan-sandbox
-SYSTEM_PACKAGES := iptables nftables ipset ndppd iproute2 gnupg shellcheck
+SYSTEM_PACKAGES := iptables nftables ipset ndppd iproute2 procps gnupg shellcheck git python3 python3-venv
 
 .PHONY: all system-packages install demo test lint bench sandbox-down clean
 
@@ -47,7 +50,7 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: $(BIN)/.installed lint
+test: install lint
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed

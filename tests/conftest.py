@@ -15,6 +15,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 
+CALLERS_ENVIRONMENT = ("ZTPLAN_", "ZEROTIER_CENTRAL_TOKEN")
+"""What README's tour leaves exported in the shell that then runs `make test`
+(`eval "$(ztplan sandbox env)"`: the emulator's URLs and token; ZTPLAN_STATE_DIR): the
+tests pass each explicitly, so one left from the caller would point them at a dead
+emulator or a foreign state. ZTPLAN_UPDATE_README is the one meant for the tests."""
+for _name in [n for n in os.environ if n.startswith(CALLERS_ENVIRONMENT)]:
+    if _name != "ZTPLAN_UPDATE_README":
+        del os.environ[_name]
+
 
 def _can_netns() -> bool:
     return (

@@ -287,6 +287,8 @@ def apply_plan(
         outcomes[step.index] = "done"
         log_event(journal_file, journal, "done", step.index)
         reporter.step_done(step)
+    if planned and stop():  # Ctrl-C during the last step: it finished, but the run stops
+        raise failed(planned[-1].name, "interrupted (Ctrl-C) while this step ran")
     _crash_point("state")
     # Each step is a transaction that either took whole or raised (and the controller and
     # member steps re-read what they wrote), so what the plan asks is now what is live.

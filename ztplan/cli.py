@@ -3,8 +3,8 @@
 Exit codes (Terraform's), and only here: 0 success (with --detailed-exitcode: no changes);
 2 success with changes (--detailed-exitcode, and `drift` always); 1 any error, usage errors
 included (click's own 2 never leaks out), as one line on stderr. `--debug` (a traceback
-with errors) and `--no-color` are understood anywhere on the line. Heavy modules are
-imported inside the commands, so `ztplan --help` stays fast.
+with errors), `--no-color` and `--version` are understood anywhere on the line. Heavy
+modules are imported inside the commands, so `ztplan --help` stays fast.
 """
 
 from __future__ import annotations
@@ -22,13 +22,30 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from ztplan.model import Plan
+    from ztplan.model import ApplyOutcome, Plan
     from ztplan.run import Run
 
 # typer 0.29 prints each argument's Python type (`<str>`) in plain help; the metavars say
 # what to pass, in the words a user knows.
 if hasattr(typer.core, "TyperArgument"):
     typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+
+# typer 0.29 coerces every parameter through a pydantic TypeAdapter, even a flag left
+# unset (None): `ztplan plan --help` imported pydantic (~100 ms) for the app's own
+# --help and completion flags before printing a line. A flag's value is already a bool
+# (or None) from the parser, so it needs no coercion; anything else keeps typer's.
+if hasattr(typer.core, "_TyperParameter") and hasattr(typer, "_coercion"):
+    _runtime_param = typer.core._TyperParameter.get_runtime_param
+
+    def _flag_runtime_param(self: Any) -> Any:
+        descriptor = self.type_descriptor
+        if self._runtime_param is None and descriptor.annotation is bool and not self.envvar:
+            self._runtime_param = typer._coercion.PassThroughRuntimeParam(
+                annotation=bool, parameter_info=descriptor.parameter_info
+            )
+        return _runtime_param(self)
+
+    typer.core._TyperParameter.get_runtime_param = _flag_runtime_param  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="ztplan",
@@ -135,12 +152,15 @@ LockTimeoutOpt = Annotated[
         "--lock-timeout",
         metavar="SECONDS",
         help="Wait this long for the target's lock (default: fail at once).",
+        show_default=False,
     ),
 ]
 
 
 def _color() -> bool:
-    return _flags["color"] and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    """Colours only on a terminal, and not with --no-color or NO_COLOR set to anything but
+    "" (no-color.org)."""
+    return _flags["color"] and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 def _out(text: str) -> None:
@@ -154,8 +174,7 @@ def _err(text: str) -> None:
 def _fail(lines: list[str], as_json: bool) -> NoReturn:
     from ztplan import render
 
-    for line in lines:
-        _err(render.error(line, as_json))
+    _err(render.errors(lines, as_json))
     raise typer.Exit(1)
 
 
@@ -169,7 +188,9 @@ def _guard(as_json: bool, body: Callable[[], int]) -> None:
         if _flags["debug"]:
             traceback.print_exc()
         _fail(error.lines(), as_json)
-    except (typer.Exit, typer.Abort, KeyboardInterrupt, BrokenPipeError):
+    except KeyboardInterrupt:  # typer would make it a silent exit 130; ours is 1, said
+        _fail(["interrupted (Ctrl-C)"], as_json)
+    except (typer.Exit, typer.Abort, BrokenPipeError):
         raise
     except Exception as error:  # a bug: say so, show the traceback only with --debug
         if _flags["debug"]:
@@ -343,6 +364,11 @@ class _Stopper:
         return self.stopping
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            _err(
+                "\nStopped at once, in the middle of a step: nothing is undone. The journal in "
+                "the state dir records each step; the next plan says what is in place.\n"
+            )
         if not self.armed or self.stopping:
             raise KeyboardInterrupt
         self.stopping = True
@@ -353,11 +379,71 @@ class _Stopper:
 
 
 def _ask() -> bool:
-    _err("\nDo you want to apply these changes? Only 'yes' will be accepted.\n")
+    """The question and its prompt go to stderr (input() would print the prompt on
+    stdout, inside `apply --json`'s document); Ctrl-C or EOF is a no."""
     try:
-        return input("  Enter a value: ").strip() == "yes"
+        _err("\nDo you want to apply these changes? Only 'yes' will be accepted.\n")
+        _err("  Enter a value: ")
+        sys.stderr.flush()
+        answer = input()
     except (EOFError, KeyboardInterrupt):
+        _err("\n")
         return False
+    if not sys.stdin.isatty():
+        _err("\n")  # a terminal's echo of the answer ends the prompt's line; a pipe's does not
+    return answer.strip() == "yes"
+
+
+class _Operator:
+    """The person at the terminal during an apply: is shown the plan (not with --json),
+    approves it (not asked with --auto-approve, nor for a saved plan: it was reviewed),
+    may press Ctrl-C (`_Stopper`, armed once the go-ahead is given), and is told the
+    outcome: on stderr, or as `apply --json`'s one document on stdout."""
+
+    def __init__(self, fmt: Format, auto_approve: bool) -> None:
+        self.fmt = fmt
+        self.auto_approve = auto_approve
+        self.stopper = _Stopper()
+
+    def apply(self, run: Run, **options: Any) -> ApplyOutcome | None:
+        """`run.apply` with the operator's hooks; the outcome, rendered (None: cancelled)."""
+        from ztplan import render
+        from ztplan.errors import ApplyFailed
+        from ztplan.run import Cancelled
+
+        as_json = self.fmt is Format.json
+        try:
+            with self.stopper:
+                outcome = run.apply(
+                    approve=self._approve,
+                    reporter=render.reporter(_color()),
+                    shown=lambda plan: self._shown(plan, saved=run.saved is not None),
+                    stop=self.stopper.requested,
+                    **options,
+                )
+        except Cancelled as said:
+            _err(f"{said}\n")
+            return None
+        except ApplyFailed as failed:
+            if as_json:
+                _out(render.apply_outcome(failed.outcome(run.target), "json"))
+            raise
+        (_out if as_json else _err)(render.apply_outcome(outcome, self.fmt.value, _color()))
+        return outcome
+
+    def _shown(self, plan: Plan, saved: bool) -> None:
+        from ztplan import render
+
+        if self.fmt is not Format.json:
+            _out(render.plan(plan, self.fmt.value, _color()))
+        if saved or self.auto_approve:
+            self.stopper.arm()
+
+    def _approve(self, plan: Plan) -> bool:
+        if not self.auto_approve and not _ask():
+            return False
+        self.stopper.arm()
+        return True
 
 
 @app.command(short_help="Make the changes, in a safe order, under the lock.")
@@ -415,10 +501,6 @@ def apply(
     fmt = Format.json if json_ else fmt
 
     def body() -> int:
-        from ztplan import render
-        from ztplan.errors import ApplyFailed
-        from ztplan.run import Cancelled
-
         run = _open(
             _needs(spec, "apply"),
             repo=repo,
@@ -431,40 +513,15 @@ def apply(
             root=root,
             verify=not no_verify,
         )
-        stopper = _Stopper()
-
-        def shown(result: Plan) -> None:
-            if fmt is not Format.json:
-                _out(render.plan(result, fmt.value, _color()))
-            if run.saved is not None or auto_approve:
-                stopper.arm()
-
-        def approve(result: Plan) -> bool:
-            if not auto_approve and not _ask():
-                return False
-            stopper.arm()
-            return True
-
-        try:
-            with stopper:
-                outcome = run.apply(
-                    approve=approve,
-                    reporter=render.reporter(_color()),
-                    shown=shown,
-                    confirm_within=confirm_within,
-                    allow_non_descendant=allow_non_descendant,
-                    require_signed=require_signed,
-                    allow_lockout=allow_lockout,
-                    stop=stopper.requested,
-                )
-        except Cancelled as said:
-            _err(f"{said}\n")
+        outcome = _Operator(fmt, auto_approve).apply(
+            run,
+            confirm_within=confirm_within,
+            allow_non_descendant=allow_non_descendant,
+            require_signed=require_signed,
+            allow_lockout=allow_lockout,
+        )
+        if outcome is None:  # cancelled at the prompt
             return 1
-        except ApplyFailed as failed:
-            if fmt is Format.json:
-                _out(render.apply_outcome(failed.outcome(run.target), "json"))
-            raise
-        (_out if fmt is Format.json else _err)(render.apply_outcome(outcome, fmt.value, _color()))
         if outcome.confirm_by is not None:  # the lock is released: the reverter may need it
             return _await_confirmation(state_dir, run.target, outcome.confirm_by)
         return 0
@@ -540,6 +597,20 @@ def revert_at_deadline(
     _guard(False, body)
 
 
+def _controller(
+    kind: ControllerKind | None, url: str | None, token_env: str | None, token_file: str | None
+) -> dict[str, str] | None:
+    """import's --controller-* options, as the spec's `controller:` fields ("" unset)."""
+    if kind is None:
+        return None
+    return {
+        "kind": kind.value,
+        "url": url or "",
+        "token_env": token_env or "",
+        "token_file": token_file or "",
+    }
+
+
 @app.command("import", short_help="Write the spec of a gateway built by hand.")
 def import_cmd(
     netns: NetnsOpt = None,
@@ -597,19 +668,11 @@ def import_cmd(
     def body() -> int:
         from ztplan.run import import_host
 
-        controller = None
-        if controller_kind is not None:
-            controller = {
-                "kind": controller_kind.value,
-                "url": controller_url or "",
-                "token_env": token_env or "",
-                "token_file": token_file or "",
-            }
         text, adopted = import_host(
             netns=netns,
             target_name=target_name,
             networks=network or [],
-            controller=controller,
+            controller=_controller(controller_kind, controller_url, token_env, token_file),
             ndppd_config=ndppd_config,
             ndppd_pidfile=ndppd_pidfile,
             adopt=adopt,
@@ -705,10 +768,8 @@ def drift(
             write_output(metrics_file, render.metrics(report, *applied))
         if report.plan is None:
             raise ZtplanError(report.error or "the drift check failed")
-        if fmt is DriftFormat.prometheus:
-            _out(render.metrics(report, *applied))
-        else:
-            _out(render.drift(report, fmt.value))
+        prometheus = fmt is DriftFormat.prometheus
+        _out(render.metrics(report, *applied) if prometheus else render.drift(report, fmt.value))
         failing = report.plan.verification.failing_now if report.plan.verification else []
         return 2 if report.plan.changes or report.plan.errors or failing else 0
 
@@ -812,47 +873,69 @@ def _sandbox(action: str) -> None:
     _guard(False, body)
 
 
-@sandbox_app.command("up")
+@sandbox_app.command("up", short_help="Build the sandbox and start its controller emulator.")
 def sandbox_up() -> None:
     """Create the ztplan-sandbox namespaces (WAN eth0, ZeroTier-like zt0) and the emulator."""
     _sandbox("up")
 
 
-@sandbox_app.command("env")
+@sandbox_app.command("env", short_help="Print the lines that point ztplan at the sandbox.")
 def sandbox_env() -> None:
     """Print the shell lines that point ztplan at the sandbox's controller emulator."""
     _sandbox("env")
 
 
-@sandbox_app.command("down")
+@sandbox_app.command("down", short_help="Delete the sandbox and stop its emulator.")
 def sandbox_down() -> None:
     """Delete the sandbox namespaces and stop the emulator."""
     _sandbox("down")
 
 
-@sandbox_app.command("status")
+@sandbox_app.command("status", short_help="Say whether the sandbox is up, with its addresses.")
 def sandbox_status() -> None:
     """Say whether the sandbox exists, with its interfaces and addresses."""
     _sandbox("status")
 
 
+def _usage_errors() -> tuple[type[Exception], type[Exception] | None]:
+    """click's UsageError and NoArgsIsHelpError, from the click typer really uses: typer
+    0.29 vendors its own (`typer._click`), whose classes `import click` does not catch;
+    earlier typers use click itself. `typer.BadParameter` is a UsageError in both."""
+    usage = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    return usage, getattr(sys.modules[usage.__module__], "NoArgsIsHelpError", None)
+
+
+def _command_path(argv: list[str]) -> str:
+    """`ztplan show` for `show --target-name` (click raises some usage errors without a
+    context, so the hint would otherwise point at the app's help, not the command's)."""
+    command: Any = typer.main.get_command(app)
+    path = ["ztplan"]
+    for word in (w for w in argv if not w.startswith("-")):
+        command = getattr(command, "commands", {}).get(word)
+        if command is None:
+            break
+        path.append(word)
+    return " ".join(path)
+
+
 def _dispatch(argv: list[str]) -> int:
     """Run the app; map click's own outcomes onto ours (usage errors: 1, never 2)."""
-    import click
-
+    usage_error, no_args_is_help = _usage_errors()
     try:
         result = app(args=argv, prog_name="ztplan", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as shown:
-        _out(shown.ctx.get_help() + "\n" if shown.ctx else "")
-        return 0
-    except click.UsageError as error:
-        where = error.ctx.command_path if error.ctx else "ztplan"
-        _err(f"Error: {error.format_message()} (see `{where} --help`)\n")
-        return 1
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         return done.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         _err("Interrupted.\n")
+        return 1
+    except usage_error as error:
+        ctx: Any = getattr(error, "ctx", None)
+        if no_args_is_help is not None and isinstance(error, no_args_is_help):
+            _out(ctx.get_help() + "\n" if ctx else "")
+            return 0
+        where = ctx.command_path if ctx else _command_path(argv)
+        message = error.format_message().replace("Value error, ", "")  # type: ignore[attr-defined]
+        _err(f"Error: {message} (see `{where} --help`)\n")
         return 1
     return result if isinstance(result, int) else 0
 
@@ -874,6 +957,8 @@ def main(argv: list[str] | None = None) -> None:
         if flag in args and "--" not in args[: args.index(flag)]:
             args.remove(flag)
             _flags["debug" if flag == "--debug" else "color"] = flag == "--debug"
+    if "--version" in args[: args.index("--") if "--" in args else None]:
+        args = ["--version"]  # `ztplan plan --version` too: DESIGN's common options
     gc.set_threshold(100_000, 50, 50)
     try:
         code = _dispatch(args)

@@ -69,6 +69,11 @@ class SpecError(ZtplanError):
         self.line = line
         where = f"{file}:{line}" if line is not None else file
         super().__init__(f"{where}: {field}: {expected}" if field else f"{where}: {expected}")
+        self.also: list[SpecError] = []
+        """The spec's other problems, when it has several (all are reported at once)."""
+
+    def lines(self) -> list[str]:
+        return [str(self), *(str(other) for other in self.also)]
 
 
 class Problems(ZtplanError):

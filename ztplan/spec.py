@@ -12,7 +12,8 @@ import ipaddress
 import re
 import shlex
 import unicodedata
-from typing import Annotated, Any, Literal, NoReturn
+from types import UnionType
+from typing import Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -31,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
+from pydantic_core import CoreSchema, ErrorDetails
 
 from ztplan.errors import SpecError
 from ztplan.iptables import FAMILIES, TABLES, misspelt_target
@@ -1303,27 +1304,17 @@ def parse_spec(text: str, file: str) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        loc, line = _resolve(_compose(text), tuple(first["loc"]))
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "not a known field (check the spelling; see `ztplan schema`)"
-        elif first["type"] == "missing":
-            message = "required field is missing"
-        elif first["type"] == "string_pattern_mismatch":
-            pattern = str((first.get("ctx") or {}).get("pattern", ""))
-            message = _PATTERN_WORDS.get(pattern, f"a value matching {pattern}")
-            given = first.get("input")
-            if first["loc"][-1:] == ("token_env",) and looks_like_token(str(given)):
-                message += " (this looks like a token itself, so it is not shown)"
-            else:
-                message += f", got {_shown(given)}"
-        elif first["type"] == "literal_error":
-            message = f"{message}, got {_shown(first.get('input'))}"
-        raise SpecError(file, format_field(loc), message, line) from None
-    for loc, message in _semantic_problems(spec):
-        _, line = _resolve(_compose(text), loc)
-        raise SpecError(file, format_field(loc), message, line)
+        root = _compose(text)
+        raise _all_at_once([_problem(file, root, detail) for detail in error.errors()]) from None
+    problems = _semantic_problems(spec)
+    if problems:
+        root = _compose(text)
+        raise _all_at_once(
+            [
+                SpecError(file, format_field(loc), message, _resolve(root, loc)[1])
+                for loc, message in problems
+            ]
+        )
     spec._text = text
     if spec.gateway is not None:
         from ztplan.gateway import expand_gateway  # it builds on this module
@@ -1336,6 +1327,99 @@ def _compose(text: str) -> yaml.Node | None:
     """The node tree, to find a field's line: libyaml's composer (~20x the pure-Python one,
     which took 6 s on a spec of 100,000 rules with one bad rule)."""
     return yaml.compose(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _problem(file: str, root: yaml.Node | None, detail: ErrorDetails) -> SpecError:
+    """One pydantic error as the user reads it: file:line, the field as written, and what
+    was expected in words (with the nearest field name for a misspelt one)."""
+    loc, line = _resolve(root, tuple(detail["loc"]))
+    message = detail["msg"].removeprefix("Value error, ")
+    if detail["type"] == "extra_forbidden":
+        near = _nearest_field(tuple(detail["loc"]))
+        if near is not None:
+            loc, line = _resolve(root, near[0])
+            message = f"not a known field; did you mean `{near[1]}`? (see `ztplan schema`)"
+        else:
+            message = "not a known field (check the spelling; see `ztplan schema`)"
+    elif detail["type"] == "missing":
+        message = "required field is missing"
+    elif detail["type"] == "string_pattern_mismatch":
+        pattern = str((detail.get("ctx") or {}).get("pattern", ""))
+        message = _PATTERN_WORDS.get(pattern, f"a value matching {pattern}")
+        given = detail.get("input")
+        if detail["loc"][-1:] == ("token_env",) and looks_like_token(str(given)):
+            message += " (this looks like a token itself, so it is not shown)"
+        else:
+            message += f", got {_shown(given)}"
+    elif detail["type"] == "literal_error":
+        message = f"{message}, got {_shown(detail.get('input'))}"
+    return SpecError(file, format_field(loc), message, line)
+
+
+def _all_at_once(problems: list[SpecError]) -> SpecError:
+    """Every problem of a spec, in the file's order, each once: the first is the error's
+    message (what one-line callers show), `lines()` lists them all, so a user fixes a
+    spec in one round instead of one typo per run."""
+    unique = list({str(p): p for p in problems}.values())
+    unique.sort(key=lambda p: (p.line is None, p.line or 0))
+    first, *rest = unique
+    first.also = rest
+    return first
+
+
+def _flat(tp: Any) -> list[Any]:
+    """`Annotated[X | None, ...]` -> [X, NoneType]: the types a value may have."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _flat(get_args(tp)[0])
+    if origin in (Union, UnionType):
+        return [t for arg in get_args(tp) for t in _flat(arg)]
+    return [tp]
+
+
+def _field_types(tp: Any, part: Any) -> list[Any]:
+    """The types one step `part` of a pydantic error location leads to from type `tp`."""
+    origin = get_origin(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        field = tp.model_fields.get(str(part))
+        return _flat(field.annotation) if field is not None else []
+    if origin is list and isinstance(part, int):
+        return _flat(get_args(tp)[0])
+    if origin is dict and isinstance(part, str):
+        return _flat(get_args(tp)[1])
+    return []
+
+
+def _fields_of(types: list[Any]) -> list[str]:
+    """The field names a user may write in a mapping of one of `types`."""
+    names: list[str] = []
+    for tp in types:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            hidden = {"chains"} if tp is Table else set()  # a table's chains are its own keys
+            names += [n for n in tp.model_fields if n not in hidden]
+    return names
+
+
+def _nearest_field(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], str] | None:
+    """For an unknown field at `loc`: (the location of the misspelt key, the known field
+    it is nearest to), or None when nothing is near. Looked up in the model the key was
+    written in; and, since a table's chains are keys beside `policy`, a "chain" named
+    like a table field (`polcy: {FORWARD: DROP}`) is taken for that field."""
+    from difflib import get_close_matches
+
+    types: list[Any] = [Spec]
+    for i, part in enumerate(loc):
+        names = _fields_of(types)
+        if i == len(loc) - 1 or (Table in types and part == "chains"):
+            key = loc[i + 1] if part == "chains" and i + 1 < len(loc) else part
+            known = [n for n in names if n != key]
+            match = get_close_matches(str(key), known, n=1, cutoff=0.75)
+            if match:
+                return loc[: i + 2] if part == "chains" else loc, match[0]
+            if i == len(loc) - 1:
+                return None
+        types = [t for tp in types for t in _field_types(tp, part)] or types
+    return None
 
 
 def line_of(spec: Spec, loc: tuple[Any, ...]) -> int | None:

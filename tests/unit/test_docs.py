@@ -270,12 +270,23 @@ def _make_targets() -> set[str]:
 
 
 def test_readme_starts_with_the_demo_and_test_commands() -> None:
-    """CI reads the test command from README's first lines: keep them."""
+    """README's first lines are a contract (.ci/run runs the same on a fresh Debian): one
+    command that sets everything up and runs the demo, one that runs the tests, as
+    root, where a fresh Debian has no sudo and no make."""
     head = README.read_text().splitlines()[:8]
     assert head[0] == "# ztplan"
-    assert any(line.startswith("sudo make demo") for line in head), head
-    assert any(line.startswith("sudo make test") for line in head), head
+    (demo,) = [line for line in head if "make demo" in line]
+    assert demo.startswith("apt-get update && apt-get install -y make && make demo "), demo
+    assert any(line.startswith("make test ") for line in head), head
     assert {"demo", "test"} <= _make_targets()
+
+
+def test_readme_commands_need_no_sudo_and_no_spec_that_is_not_there() -> None:
+    """Every command README shows runs in a root shell on a fresh Debian as written."""
+    for number, line in command_lines(README):
+        assert not re.search(r"(?:^|[;&|(`]\s*)sudo\s+\S", line), f"README.md:{number}: {line!r}"
+        for spec in re.findall(r"(?<![\w/$.-])specs/[\w.-]+\.ya?ml\b", line):
+            assert (ROOT / spec).exists(), f"README.md:{number}: {spec} does not exist"
 
 
 def test_make_targets_in_readme_exist() -> None:

@@ -133,12 +133,16 @@ CASES = {
     ),
     "unknown_field": (
         HEAD + "firewal:\n  ipv4: {}\n",
-        f"{FILE}:3: firewal: not a known field (check the spelling; see `ztplan schema`)",
+        f"{FILE}:3: firewal: not a known field; did you mean `firewall`? (see `ztplan schema`)",
     ),
     "unknown_field_nested": (
         HEAD + "ndppd:\n  proxies:\n    - interface: eth0\n      rulez: []\n",
-        f"{FILE}:6: ndppd.proxies[0].rulez: not a known field "
-        "(check the spelling; see `ztplan schema`)",
+        f"{FILE}:6: ndppd.proxies[0].rulez: not a known field; did you mean `rules`? "
+        "(see `ztplan schema`)",
+    ),
+    "unknown_field_nothing_near": (
+        HEAD + "colour: blue\n",
+        f"{FILE}:3: colour: not a known field (check the spelling; see `ztplan schema`)",
     ),
     "missing_target_name": (
         "version: 1\ntarget: {}\n",
@@ -203,6 +207,54 @@ def test_a_bad_spec_is_one_exact_line(text: str, message: str) -> None:
     error = error_of(text)
     assert str(error) == message
     assert "\n" not in str(error)
+
+
+def test_a_bad_spec_is_one_line_per_problem_all_at_once() -> None:
+    """A user fixes a spec in one round: every problem, in the file's order, each on a
+    line of its own; the first is the error's message, as for a single problem."""
+    error = error_of(
+        HEAD + "firewall:\n"
+        "  ipv4:\n"
+        "    filter:\n"
+        "      polcy: {FORWARD: DROP}\n"
+        "      FORWARD: ['-i zt+ -j ACCEPT']\n"
+        "sysctls:\n"
+        "  net.ipv4.ip_forward: 1\n"
+        "networks:\n"
+        "  - id: 8056c2e21c000001\n"
+        "    routes: [{target: 10.6.4.0/33}]\n"
+        "    ip_pool: []\n"
+        "colour: blue\n"
+    )
+    assert error.lines() == [
+        f"{FILE}:6: firewall.ipv4.filter.polcy: not a known field; did you mean `policy`? "
+        "(see `ztplan schema`)",
+        f"{FILE}:8: sysctls: not a known field; did you mean `sysctl`? (see `ztplan schema`)",
+        f"{FILE}:12: networks[0].routes[0].target: an IP network with a prefix length "
+        "('10.6.4.0/33' does not appear to be an IPv4 or IPv6 network)",
+        f"{FILE}:13: networks[0].ip_pool: not a known field; did you mean `ip_pools`? "
+        "(see `ztplan schema`)",
+        f"{FILE}:14: colour: not a known field (check the spelling; see `ztplan schema`)",
+    ]
+    assert str(error) == error.lines()[0]
+
+
+def test_every_semantic_problem_is_reported_too() -> None:
+    error = error_of(
+        HEAD + "networks:\n  - id: 8056c2e21c000001\n  - id: 8056c2e21c000001\n"
+        "member:\n  networks: [{id: 8056c2e21c000002}, {id: 8056c2e21c000002}]\n"
+    )
+    assert error.lines() == [
+        f"{FILE}:3: networks: a `controller:` section saying where the networks live",
+        f"{FILE}:5: networks[1].id: each network once; 8056c2e21c000001 is written twice",
+        f"{FILE}:7: member.networks[1].id: each network once; 8056c2e21c000002 is written twice",
+    ]
+
+
+def test_a_single_problem_is_a_single_line() -> None:
+    assert error_of(HEAD + "sysctls: {}\n").lines() == [
+        f"{FILE}:3: sysctls: not a known field; did you mean `sysctl`? (see `ztplan schema`)"
+    ]
 
 
 def test_the_error_carries_file_field_and_line_apart() -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "apply_outcome",
     "drift",
     "error",
+    "errors",
     "findings",
     "metrics",
     "plan",
@@ -115,6 +116,14 @@ def validation(source: SpecSource, target: str, fmt: str) -> str:
 
 def error(message: str, as_json: bool) -> str:
     return json.dumps({"error": message}) + "\n" if as_json else f"Error: {message}\n"
+
+
+def errors(lines: Sequence[str], as_json: bool) -> str:
+    """An error of several lines (a spec with three typos): a line each as text; as JSON
+    one document, `error` the first line as for a single one and `errors` all of them."""
+    if not as_json or len(lines) == 1:
+        return "".join(error(line, as_json) for line in lines)
+    return json.dumps({"error": lines[0], "errors": list(lines)}) + "\n"
 
 
 def reporter(color: bool) -> HumanReporter:
