@@ -21,11 +21,10 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ztplan.errors import TwinUnavailable
-from ztplan.host import NETNS_DIR
+from ztplan.host import NETNS_DIR, inside_netns
 
 __all__ = [
     "ROLES",
@@ -41,7 +40,6 @@ __all__ = [
 PREFIX = "ztplan-twin-"
 ROLES = ("gw", "mem", "net")
 _NAME = re.compile(rf"^{PREFIX}(\d+)-(\d+)-([0-9a-f]+)-({'|'.join(ROLES)})$")
-CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -124,26 +122,6 @@ def remove_namespace(name: str) -> None:
         os.unlink(path)
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
-
-
-@contextlib.contextmanager
-def inside(name: str) -> Iterator[None]:
-    """Run the block with this thread in namespace `name` (other threads stay where they
-    are); sockets opened in the block belong to that namespace for good."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
+inside = inside_netns
+"""Run the block with this thread in namespace `name` (other threads stay where they are);
+sockets opened in the block belong to that namespace for good."""
