@@ -185,15 +185,17 @@ class Run:
     def _state_dir_flag(self) -> str:
         return "" if self.state_dir == Path("state") else f" --state-dir {self.state_dir}"
 
-    def _conflicts(self, plan: Plan) -> list[Finding]:
+    def _conflicts(self, plan: Plan, previous: StateFile | None) -> list[Finding]:
         """What this target would hold that another target on the same host holds
-        differently (state records each target's claims): a plan error naming both."""
+        differently (state records each target's claims): a plan error naming both.
+        `previous` is this target's state, read already (not parsed again)."""
         from ztplan.apply import claims_of
-        from ztplan.state import read_states
+        from ztplan.state import read_states, state_path
 
         mine = claims_of(plan.desired, self._ndppd_config())
         findings = []
-        for other in read_states(self.state_dir):
+        read = {state_path(self.state_dir, self.target): previous}
+        for other in read_states(self.state_dir, read):
             if other.target == self.target or other.netns != self.host.netns:
                 continue
             for key, theirs in other.claims.items():
@@ -217,10 +219,11 @@ class Run:
             return None
         return self.host.config_path(self.spec.ndppd.config)
 
-    def _make_plan(self, notes: Sequence[Finding]) -> tuple[Plan, dict[str, Snapshot]]:
+    def _make_plan(
+        self, notes: Sequence[Finding], previous: StateFile | None
+    ) -> tuple[Plan, dict[str, Snapshot]]:
         from ztplan.plan import make_plan
 
-        previous = self._previous()
         plan, snapshots = make_plan(
             self.spec,
             self.source,
@@ -232,7 +235,7 @@ class Run:
             self.context,
             self.controller_url,
         )
-        conflicts = self._conflicts(plan)
+        conflicts = self._conflicts(plan, previous)
         if conflicts:
             plan = plan.model_copy(update={"findings": [*plan.findings, *conflicts]})
         return plan, snapshots
@@ -311,7 +314,7 @@ class Run:
         """The plan; with `out`, also saved there (under the lock, so it is current)."""
         guard = self._locked("plan") if out else contextlib.nullcontext()
         with guard:
-            plan, snapshots = self._make_plan(self._notes())
+            plan, snapshots = self._make_plan(self._notes(), self._previous())
             plan = self._verified(plan, snapshots)
             if out is not None:
                 from ztplan.state import write_atomic
@@ -339,7 +342,7 @@ class Run:
             previous = self._previous()
             self._check_commit(previous, allow_non_descendant, require_signed)
             notes = self._notes()
-            plan, snapshots = self._make_plan(notes)
+            plan, snapshots = self._make_plan(notes, previous)
             if self.saved is not None:
                 refuse_stale_saved_plan(str(self.options.spec), self.saved, plan, previous)
                 plan = self.saved  # the reviewed changes, against the same live state
@@ -431,7 +434,7 @@ class Run:
         running apply up to `lock_timeout`). Flows are verified on the live state only."""
         checked_at = time.time()
         with self._locked("drift", lock_timeout):
-            plan, snapshots = self._make_plan(self._notes())
+            plan, snapshots = self._make_plan(self._notes(), self._previous())
             no_changes = plan.model_copy(update={"changes": []})
             verified = self._verified(no_changes, snapshots) if self._flows_declared() else plan
             plan = plan.model_copy(

@@ -10,6 +10,7 @@ import contextlib
 import os
 import tempfile
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -68,12 +69,20 @@ def read_state(state_dir: Path, target: str) -> StateFile | None:
         ) from None
 
 
-def read_states(state_dir: Path) -> list[StateFile]:
+def read_states(
+    state_dir: Path, read: Mapping[Path, StateFile | None] | None = None
+) -> list[StateFile]:
     """Every target's state in the directory (unreadable ones are skipped: each target's
-    own run reports its own)."""
+    own run reports its own). `read`: files already read (None: there was none), taken as
+    they are rather than parsed again (100,000 resources take a while)."""
     out = []
     for path in sorted(state_dir.glob("*.json")):
         if path.name.endswith(".journal.json") or path.name.startswith("."):
+            continue
+        if read is not None and path in read:
+            known = read[path]
+            if known is not None:
+                out.append(known)
             continue
         try:
             out.append(StateFile.model_validate_json(path.read_bytes()))

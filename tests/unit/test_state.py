@@ -13,7 +13,14 @@ import pytest
 from ztplan import __version__
 from ztplan.errors import ZtplanError
 from ztplan.model import SpecSource
-from ztplan.state import StateFile, read_state, state_path, write_atomic, write_state
+from ztplan.state import (
+    StateFile,
+    read_state,
+    read_states,
+    state_path,
+    write_atomic,
+    write_state,
+)
 
 SOURCE = SpecSource(
     path="specs/gateway.yaml", repo="/srv/gw", commit="0123456789abcdef0123456789abcdef01234567"
@@ -153,3 +160,13 @@ def test_state_file_model_round_trips() -> None:
         resources=DIGESTS,
     )
     assert StateFile.model_validate_json(state.model_dump_json()) == state
+
+
+def test_read_states_takes_a_file_already_read_as_it_is(tmp_path: Path) -> None:
+    """A plan has read its own target's state: the conflict check does not parse it again
+    (nor a missing one), and still reads every other target's."""
+    mine = write_state(tmp_path, None, "gw1", "ns", SOURCE, DIGESTS)
+    theirs = write_state(tmp_path, None, "gw2", "ns", SOURCE, DIGESTS)
+    state_path(tmp_path, "gw1").write_text("not json")  # would be skipped if it were parsed
+    assert read_states(tmp_path, {state_path(tmp_path, "gw1"): mine}) == [mine, theirs]
+    assert read_states(tmp_path, {state_path(tmp_path, "gw2"): None}) == []
