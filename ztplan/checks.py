@@ -7,11 +7,10 @@ and returns findings; none raises. Single-provider checks live in the providers'
 from __future__ import annotations
 
 import ipaddress
-import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from ztplan.model import Finding
-from ztplan.spec import Spec
+from ztplan.spec import Spec, rule_words
 
 __all__ = ["check_spec"]
 
@@ -31,7 +30,7 @@ def _rules(spec: Spec, family: str, table: str, chain: str) -> Iterator[tuple[in
     if tab is None or chain not in tab.chains:
         return
     for i, rule in enumerate(tab.chains[chain].rules):
-        yield i, shlex.split(rule)
+        yield i, rule_words(rule)
 
 
 def _via_outside_routes(spec: Spec) -> list[Finding]:

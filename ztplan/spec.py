@@ -51,6 +51,7 @@ __all__ = [
     "parse_spec",
     "read_spec_text",
     "rule_problem",
+    "rule_words",
 ]
 
 
@@ -71,6 +72,18 @@ def _unicode_break(text: str) -> str | None:
 
 
 _QUOTING = re.compile(r"['\"\\\\]")
+_SHLEX_SPACE = re.compile(r"[ \t\r\n]+")
+
+
+def rule_words(rule: str) -> list[str]:
+    """The words of a rule as written, as `shlex.split` reads them: shlex itself only when
+    something is quoted or escaped (it is ~20x slower than a split on its white space, and
+    a plan looks at every rule of a spec that may hold 100,000)."""
+    if _QUOTING.search(rule):
+        return shlex.split(rule)
+    return [word for word in _SHLEX_SPACE.split(rule) if word]
+
+
 # Options that would turn a rule into another command inside iptables-restore's input.
 _COMMAND_FLAGS = frozenset(
     "-A --append -C --check -D --delete -I --insert -R --replace -L --list -S --list-rules "

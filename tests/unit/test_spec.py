@@ -3,12 +3,15 @@ file, the line and the field path (README: Safety)."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ztplan.errors import SpecError
-from ztplan.spec import format_field, load_spec, parse_spec, rule_problem
+from ztplan.spec import format_field, load_spec, parse_spec, rule_problem, rule_words
 
 SPECS = Path(__file__).resolve().parent.parent.parent / "specs"
 FILE = "specs/gw.yaml"
@@ -424,3 +427,16 @@ def test_rule_problem_names_what_is_wrong(rule: str, problem: str) -> None:
 )
 def test_format_field(loc: tuple[str | int, ...], field: str) -> None:
     assert format_field(loc) == field
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list(" \t\r\nab-'\"\\\u00a0\u3000\x0b")), max_size=20))
+def test_rule_words_are_shlex_words(rule: str) -> None:
+    """The fast path splits on shlex's own white space only (not on U+00A0 or VT)."""
+    try:
+        expected = shlex.split(rule)
+    except ValueError:
+        with pytest.raises(ValueError):
+            rule_words(rule)
+        return
+    assert rule_words(rule) == expected
