@@ -415,7 +415,7 @@ class _Operator:
         try:
             with self.stopper:
                 outcome = run.apply(
-                    approve=self._approve,
+                    approve=None if self.auto_approve else self._approve,
                     reporter=render.reporter(_color()),
                     shown=lambda plan: self._shown(plan, saved=run.saved is not None),
                     stop=self.stopper.requested,
@@ -440,7 +440,7 @@ class _Operator:
             self.stopper.arm()
 
     def _approve(self, plan: Plan) -> bool:
-        if not self.auto_approve and not _ask():
+        if not _ask():
             return False
         self.stopper.arm()
         return True

@@ -325,7 +325,7 @@ class Run:
     def apply(
         self,
         *,
-        approve: Callable[[Plan], bool],
+        approve: Callable[[Plan], bool] | None,
         reporter: Reporter,
         shown: Callable[[Plan], None] = lambda plan: None,
         confirm_within: float = 0.0,
@@ -335,7 +335,11 @@ class Run:
         stop: Callable[[], bool] = lambda: False,
     ) -> ApplyOutcome:
         """Plan under the lock, show it (`shown`), ask (`approve`: not asked for a saved
-        plan), apply, write state; with `confirm_within`, arm the reverter."""
+        plan), apply, write state; with `confirm_within`, arm the reverter.
+
+        `approve` None: approved beforehand (--auto-approve). Nothing then waits between
+        the read and the apply, so the plan's snapshots, read under this lock, are used as
+        they are; after a question, the host is read again (the answer may take minutes)."""
         from ztplan.apply import apply_plan, claims_of, refuse_if_stale, refuse_stale_saved_plan
 
         with self._locked("apply"):
@@ -366,7 +370,7 @@ class Run:
             interrupted = any(n.address == "apply.interrupted" for n in notes)
             if not plan.has_changes and not interrupted:
                 return ApplyOutcome(target=self.target, applied=True, counts=plan.counts)
-            if plan.has_changes and self.saved is None:
+            if plan.has_changes and self.saved is None and approve is not None:
                 if not approve(plan):
                     raise Cancelled("Apply cancelled; nothing was changed.")
                 # Time may have passed while asking: apply only what was approved.

@@ -1,0 +1,59 @@
+"""ztplan.run against the real kernel: what a run reads, and how often (issue 14)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Silent, needs_netns, open_spec, rules_of
+
+pytestmark = [pytest.mark.netns, needs_netns]
+
+SPEC = """\
+version: 1
+target: {name: gw1}
+sysctl: {net.ipv4.ip_forward: 1}
+firewall:
+  ipv4:
+    filter:
+      FORWARD: ["-s 10.6.4.0/22 -i zt+ -j ACCEPT"]
+"""
+
+
+class Counting:
+    """A provider whose reads are counted."""
+
+    def __init__(self, inner: Any, reads: dict[str, int]) -> None:
+        self.inner, self.reads, self.name = inner, reads, inner.name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    def read(self, host: Any) -> Any:
+        self.reads[self.name] = self.reads.get(self.name, 0) + 1
+        return self.inner.read(host)
+
+
+def _counted(netns: str, state_dir: Path) -> tuple[Any, dict[str, int]]:
+    run = open_spec(SPEC, netns, state_dir, verify=False)
+    reads: dict[str, int] = {}
+    run.providers = [Counting(p, reads) for p in run.providers]
+    return run, reads
+
+
+def test_an_apply_approved_beforehand_applies_from_the_plans_own_read(
+    netns: str, state_dir: Path
+) -> None:
+    """--auto-approve: nothing waits between the read (under the lock) and the apply."""
+    run, reads = _counted(netns, state_dir)
+    run.apply(approve=None, reporter=Silent())
+    assert reads == {"firewall": 1, "sysctl": 1}
+    assert "-A ZT-gw1.FORWARD -s 10.6.4.0/22 -i zt+ -j ACCEPT" in rules_of(netns)
+
+
+def test_an_apply_after_a_question_reads_the_host_again(netns: str, state_dir: Path) -> None:
+    run, reads = _counted(netns, state_dir)
+    run.apply(approve=lambda plan: True, reporter=Silent())
+    assert reads == {"firewall": 2, "sysctl": 2}
