@@ -20,7 +20,9 @@ import functools
 import os
 import re
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,7 +33,7 @@ from ztplan.secret import looks_like_token, redact_url
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["ApiClient", "NotFound", "read_token", "shared_client", "shown_url"]
+__all__ = ["ApiClient", "NotFound", "RateLimit", "read_token", "shared_client", "shown_url"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -103,6 +105,31 @@ def _retry_after(value: str | None) -> float | None:
 
 
 @dataclass
+class RateLimit:
+    """At most `per_second` requests started in any one second, across the threads that
+    share it: Legacy Central answers 429 beyond its budget (20 a second on a free account,
+    100 on a paid one), so concurrent reads wait here rather than for a Retry-After."""
+
+    per_second: int
+    clock: Callable[[], float] = field(default=time.monotonic)
+    sleep: Callable[[float], None] = field(default=time.sleep)
+    _started: deque[float] = field(default_factory=deque, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def wait(self) -> None:
+        """Return when one more request may start (and count it as started)."""
+        with self._lock:  # the others wait their turn behind the one sleeping
+            while True:
+                now = self.clock()
+                while self._started and self._started[0] <= now - 1.0:
+                    self._started.popleft()
+                if len(self._started) < self.per_second:
+                    self._started.append(now)
+                    return
+                self.sleep(self._started[0] + 1.0 - now)
+
+
+@dataclass
 class ApiClient:
     """A base URL, the auth header, and one shared httpx.Client (passed in for tests)."""
 
@@ -125,6 +152,8 @@ class ApiClient:
     clock: Callable[[], float] = field(default=time.monotonic)
     on_wait: Callable[[str], None] = field(default=_say_on_stderr)
     """Told of each pause, as one line: what it waits for, how long, which attempt."""
+    rate: RateLimit | None = None
+    """The API's request budget, shared by the threads using this client (None: none)."""
 
     def get(self, path: str) -> Any:
         return self._request("GET", path, None)
@@ -142,6 +171,8 @@ class ApiClient:
         unanswered = False  # sticky: a try with no answer may be stored even if a later one fails
         for attempt in range(1, self.attempts + 1):
             after: float | None = None
+            if self.rate is not None:
+                self.rate.wait()
             try:
                 response = self.client.request(
                     method,

@@ -71,3 +71,37 @@ def test_a_controller_that_silently_rewrites_is_caught_by_the_re_read() -> None:
     )
     assert [m for m, _ in requests] == ["GET", "POST", "GET"]  # GET first: POST would create
     assert requests[1][1] == {"routes": [{"target": "0.0.0.0/0", "via": "10.6.6.2"}]}
+
+
+def test_twenty_networks_are_read_at_once() -> None:
+    """Issue 14: 20 networks behind 100 ms take one round trip, not three of eight. The
+    answers wait until all 20 requests are in flight (a barrier of 20 that breaks, failing
+    the read, if fewer ever are)."""
+    import threading
+
+    nwids = [f"8056c2e21c{i:06x}" for i in range(20)]
+    barrier = threading.Barrier(20, timeout=10)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        barrier.wait()
+        return httpx.Response(200, json={"config": {"routes": [], "mtu": 2800}})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    api = ApiClient("http://ctl", {}, client, sleep=lambda s: None, attempts=1)
+    live = Controller(api, "central", nwids).read(LocalHost(None))
+    assert sorted(live.raw) == nwids
+
+
+def test_central_reads_keep_to_its_request_budget() -> None:
+    """The Legacy Central client is paced to 20 requests a second (its free budget)."""
+    from ztplan.providers.controller import controller_client
+    from ztplan.spec import parse_spec
+
+    spec = parse_spec(
+        "version: 1\ntarget: {name: gw1}\ncontroller: {kind: central, token_env: ZT_T}\n",
+        "gw.yaml",
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ZT_T", "0123456789abcdef0123456789abcdef")
+        api = controller_client(spec, httpx.Client())
+    assert api.rate is not None and api.rate.per_second == 20

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 from pydantic import JsonValue
 
 from ztplan.address import Address
-from ztplan.api import ApiClient, NotFound, shown_url
+from ztplan.api import ApiClient, NotFound, RateLimit, shown_url
 from ztplan.errors import ControllerError
 from ztplan.host import Host
 from ztplan.model import Change, Finding, Resource, Snapshot
@@ -51,6 +51,9 @@ __all__ = ["DEFAULT_URLS", "Controller", "controller_client", "network_address",
 
 DEFAULT_URLS = {kind: backend.default_url for kind, backend in BACKENDS.items()}
 WAN_MTU = 1500
+READERS = 20
+"""Networks read at once: a plan of 20 networks takes one round trip, as one does (more
+wait for the API's request budget, RateLimit, not for a free thread)."""
 """The WAN link an exit gateway usually has: a larger ZeroTier MTU needs TCP MSS clamping."""
 
 
@@ -84,6 +87,7 @@ def controller_client(spec: Spec, http_client: Any, base_url: str | None = None)
         client=http_client,
         what="controller",
         describe_error=backend.describe_error,
+        rate=RateLimit(backend.requests_per_second) if backend.requests_per_second else None,
     )
 
 
@@ -163,7 +167,7 @@ class Controller:
 
     def read(self, host: Host) -> Snapshot:
         """Each network once; several at a time (the shared client is thread-safe)."""
-        with ThreadPoolExecutor(max_workers=min(8, max(len(self.networks), 1))) as pool:
+        with ThreadPoolExecutor(max_workers=min(READERS, max(len(self.networks), 1))) as pool:
             live = dict(zip(self.networks, pool.map(self._get, self.networks), strict=True))
         resources: dict[Address, Resource] = {}
         for nwid, values in live.items():

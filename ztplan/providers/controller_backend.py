@@ -172,6 +172,8 @@ class Backend:
         "dns",
     )
     """The values `values` returns, hence what the provider reads and can write."""
+    requests_per_second: ClassVar[int | None] = None
+    """The API's request budget (None: none; the self-hosted controller has none)."""
     names: ClassVar[dict[str, str]] = {
         "routes": "routes",
         "ip_pools": "ipAssignmentPools",
@@ -244,6 +246,7 @@ class CentralBackend(Backend):
     title = "Legacy Central"
     default_url = "https://api.zerotier.com/api/v1"
     default_token = ("ZEROTIER_CENTRAL_TOKEN", None)
+    requests_per_second: ClassVar[int | None] = 20  # a free account's; a paid one has 100
 
     def path(self, nwid: str) -> str:
         return f"/network/{nwid}"
@@ -286,6 +289,7 @@ class CentralV2Backend(CentralBackend):
     title = "New Central"
     default_url = "https://central.zerotier.com/api/v2"
     default_token = ("ZEROTIER_CENTRAL_V2_TOKEN", None)
+    requests_per_second: ClassVar[int | None] = None  # none documented (see above)
     fields = (*Backend.fields, "v4_subnet", "v6_subnet")
     names = {
         "routes": "routes",
