@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.fake_host import FIXTURES, FakeKernel, ReplayHost, saved_dumps
 from ztplan.address import Address
@@ -21,7 +23,7 @@ from ztplan.iptables import TABLES, jump_rule, parse_save
 from ztplan.model import Action, Change, Resource, Snapshot
 from ztplan.order import order_changes
 from ztplan.plan import restrict
-from ztplan.providers.firewall import Firewall, Layout
+from ztplan.providers.firewall import Firewall, Layout, _place
 from ztplan.spec import Spec, parse_spec
 
 CASES = sorted(p.name for p in (FIXTURES / "firewall").iterdir() if p.is_dir())
@@ -585,3 +587,28 @@ def test_unknown_addresses_are_refused() -> None:
     with pytest.raises(LiveReadError):
         firewall.apply(FakeKernel(), [change], firewall.read(FakeKernel()))
     assert isinstance(Resource(Address("x"), 1), Resource)
+
+
+def _place_by_index(
+    kept: list[str], creates: list[tuple[str, str]]
+) -> tuple[list[str], list[tuple[int, str, bool]]]:
+    """`_place` as it was written first (quadratic): the oracle of the test below."""
+    final = list(kept)
+    after: dict[str, int] = {}
+    inserts = []
+    for rule, anchor in creates:
+        base = final.index(anchor) + 1 if anchor else 0
+        position = base + after.get(anchor, 0)
+        after[anchor] = after.get(anchor, 0) + 1
+        inserts.append((position, rule, position == len(final)))
+        final.insert(position, rule)
+    return final, inserts
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_place_puts_creates_where_inserting_one_by_one_would(data: st.DataObject) -> None:
+    kept = data.draw(st.lists(st.sampled_from("abcdefg"), max_size=8))
+    anchors = st.sampled_from(["", *kept])
+    creates = [(f"new{i}", data.draw(anchors)) for i in range(data.draw(st.integers(0, 8)))]
+    assert _place(kept, creates, "ZT-gw1.FORWARD") == _place_by_index(kept, creates)
