@@ -175,7 +175,8 @@ def claims_of(desired: Mapping[Address, JsonValue], ndppd_config: str | None) ->
     claims = {
         str(a): str(v)
         for a, v in desired.items()
-        if a.provider == "sysctl" or (a.provider == "firewall" and ".policy." in a)
+        if a.startswith(("sysctl[", "sysctl."))  # a.provider == "sysctl", without a parse
+        or (a.startswith("firewall.") and ".policy." in a and a.provider == "firewall")
     }
     if ndppd_config is not None:
         claims["ndppd.config"] = ndppd_config

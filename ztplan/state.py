@@ -117,7 +117,9 @@ def write_state(
     resources: dict[Address, str],
     claims: dict[str, str] | None = None,
 ) -> StateFile:
-    state = StateFile(
+    # Built from values typed here, not validated again: 100,000 addresses to re-check.
+    state = StateFile.model_construct(
+        version=1,
         serial=(previous.serial + 1) if previous else 1,
         lineage=previous.lineage if previous else str(uuid.uuid4()),
         ztplan_version=__version__,
