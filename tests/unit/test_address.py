@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 from ztplan.address import Address, _parse
 
@@ -74,3 +75,22 @@ def test_parse_accepts_exactly_what_the_step_parser_does(text: str) -> None:
 def test_a_refusal_says_where() -> None:
     with pytest.raises(ValueError, match=r"not a resource address: 'firewall\.ipv4\[x' \(at 13\)"):
         Address.parse("firewall.ipv4[x")
+
+
+ADDRESSES = TypeAdapter(list[Address])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(PIECES, max_size=12).map("".join))
+@example('firewall.ipv4.filter.FORWARD["-s 10.0.0.1/32 -j ACCEPT"] #2\n')
+@example('sysctl["\\u00e9"] #\u0663')  # a digit of another script: Python's \d, and Rust's
+@example("a #1")
+@example("a #1\u0663")
+def test_pydantic_accepts_exactly_what_parse_does(text: str) -> None:
+    """Models (state, saved plans) check addresses with pydantic-core's own regex engine."""
+    if _parses(text):
+        (address,) = ADDRESSES.validate_python([text])
+        assert type(address) is Address and address == text
+    else:
+        with pytest.raises(ValidationError):
+            ADDRESSES.validate_python([text])
