@@ -19,12 +19,33 @@ from ztplan.providers import Provider
 from ztplan.spec import Spec
 from ztplan.state import StateFile
 
-__all__ = ["DEPENDS", "make_plan", "restrict"]
+__all__ = ["DEPENDS", "FROM_OTHERS", "make_plan", "restrict"]
 
 
 DEPENDS = {"announce": ("protect", "forward", "proxy"), "teardown": ("withdraw",)}
 """A route is announced only through a gateway that is ready; forwarding is torn down only
 after the routes through it are withdrawn."""
+
+
+FROM_OTHERS = ("persist",)
+"""Providers whose desired and live states are the others' live state (PlanContext): each
+is read after the providers before it."""
+
+
+def _read_all(providers: Sequence[Provider], host: Host) -> list[Snapshot]:
+    """Each provider's live state, read at the same time (the waits are the kernel's and
+    the controller's, in threads); a failure is the first failing provider's, in order,
+    as when they were read one by one."""
+    if len(providers) < 2:
+        return [p.read(host) for p in providers]
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=len(providers), thread_name_prefix="ztplan-read")
+    try:
+        reading = [pool.submit(p.read, host) for p in providers]
+        return [r.result() for r in reading]
+    finally:  # after a failure (or Ctrl-C), the other reads are not waited for
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _prefixes(address: Address) -> set[str]:
@@ -87,9 +108,18 @@ def make_plan(
     findings: list[Finding] = list(notes)
     desired_values: dict[Address, JsonValue] = {}
     known: set[Address] = set()
+    # The desired states first (a bad spec fails before any live read), then the live
+    # states of all at once: the saves, /proc/sys and each network's GET overlap. A
+    # provider that plans from the others' live state (persist) comes after them.
+    leading = [p for p in providers if p.name not in FROM_OTHERS]
+    wanted = {p.name: p.desired(spec) for p in leading}
+    live = dict(zip(wanted, _read_all(leading, host), strict=True))
     for provider in providers:
-        desired = provider.desired(spec)  # first: a bad spec fails before any live read
-        snapshot = provider.read(host)
+        if provider.name in wanted:
+            desired, snapshot = wanted[provider.name], live[provider.name]
+        else:
+            desired = provider.desired(spec)
+            snapshot = provider.read(host)
         context.snapshots[provider.name] = snapshot
         found, foreign = diff_resources(provider.name, desired, snapshot.resources)
         context.changes.extend(found)
