@@ -145,14 +145,27 @@ class LocalHost:
             )
 
     def run(self, argv: Sequence[str], input: str | None = None) -> CommandResult:
+        """The command's output goes to an unnamed temporary file, not a pipe: through a
+        pipe's 64 KiB the child waits for this process to read each piece, and with other
+        threads holding the GIL a save of 50,000 rules took three times the kernel's time."""
+        import locale
+        import tempfile
+
         full = list(argv) if self.netns is None else ["ip", "netns", "exec", self.netns, *argv]
-        try:
-            done = subprocess.run(full, input=input, capture_output=True, text=True, check=False)
-        except FileNotFoundError:
-            raise LiveReadError(
-                "host", f"{argv[0]} is not installed", "apt-get install iptables iproute2"
-            ) from None
-        return CommandResult(tuple(argv), done.returncode, done.stdout, done.stderr)
+        with tempfile.TemporaryFile() as out:
+            try:
+                done = subprocess.run(
+                    full, input=input, stdout=out, stderr=subprocess.PIPE, text=True, check=False
+                )
+            except FileNotFoundError:
+                raise LiveReadError(
+                    "host", f"{argv[0]} is not installed", "apt-get install iptables iproute2"
+                ) from None
+            out.seek(0)
+            stdout = out.read().decode(locale.getpreferredencoding(False))
+        if "\r" in stdout:  # as text mode reads a pipe (universal newlines)
+            stdout = stdout.replace("\r\n", "\n").replace("\r", "\n")
+        return CommandResult(tuple(argv), done.returncode, stdout, done.stderr)
 
     def _inside(self) -> contextlib.AbstractContextManager[None]:
         # /proc/sys/net shows the namespace of the thread that opens the file, so this

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from pydantic import JsonValue
 
@@ -32,19 +33,20 @@ FROM_OTHERS = ("persist",)
 is read after the providers before it."""
 
 
-def _read_all(providers: Sequence[Provider], host: Host) -> list[Snapshot]:
-    """Each provider's live state, read at the same time (the waits are the kernel's and
-    the controller's, in threads); a failure is the first failing provider's, in order,
-    as when they were read one by one."""
-    if len(providers) < 2:
-        return [p.read(host) for p in providers]
+@contextlib.contextmanager
+def _reading(providers: Sequence[Provider], host: Host) -> Iterator[Callable[[], list[Snapshot]]]:
+    """Read each provider's live state in a thread of its own, from now on; the block gets
+    the snapshots, in order, by calling what it is given. The waits (the kernel's saves,
+    each network's GET) overlap each other and the block's own work. A failure is the
+    first failing provider's, in order, as when they were read one by one; after one (or
+    Ctrl-C), the other reads are not waited for: they only read."""
     from concurrent.futures import ThreadPoolExecutor
 
-    pool = ThreadPoolExecutor(max_workers=len(providers), thread_name_prefix="ztplan-read")
+    pool = ThreadPoolExecutor(max_workers=max(len(providers), 1), thread_name_prefix="ztplan-read")
     try:
         reading = [pool.submit(p.read, host) for p in providers]
-        return [r.result() for r in reading]
-    finally:  # after a failure (or Ctrl-C), the other reads are not waited for
+        yield lambda: [r.result() for r in reading]
+    finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -108,12 +110,13 @@ def make_plan(
     findings: list[Finding] = list(notes)
     desired_values: dict[Address, JsonValue] = {}
     known: set[Address] = set()
-    # The desired states first (a bad spec fails before any live read), then the live
-    # states of all at once: the saves, /proc/sys and each network's GET overlap. A
-    # provider that plans from the others' live state (persist) comes after them.
+    # The live states are read (in threads) while the desired states are made from the
+    # spec; a bad spec still fails first, before any read is looked at. A provider that
+    # plans from the others' live state (persist) comes after them.
     leading = [p for p in providers if p.name not in FROM_OTHERS]
-    wanted = {p.name: p.desired(spec) for p in leading}
-    live = dict(zip(wanted, _read_all(leading, host), strict=True))
+    with _reading(leading, host) as read:
+        wanted = {p.name: p.desired(spec) for p in leading}
+        live = dict(zip(wanted, read(), strict=True))
     for provider in providers:
         if provider.name in wanted:
             desired, snapshot = wanted[provider.name], live[provider.name]

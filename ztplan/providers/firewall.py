@@ -267,14 +267,15 @@ class Firewall:
     # --- the live side ------------------------------------------------------------------
 
     def read(self, host: Host) -> Snapshot:
-        """Both families' saves at once: the kernel's time, each in a process of its own,
-        on two cores (IPv4's output is parsed while IPv6 is still being saved)."""
+        """The families' saves one after the other, in a thread, while this one parses
+        what is saved: IPv4's output is parsed while IPv6 is being saved. (Two saves at
+        once are slower than one after the other: nf_tables serialises them.)"""
         from concurrent.futures import ThreadPoolExecutor
 
         resources: dict[Address, Resource] = {}
         raw: dict[str, str] = {}
         parsed: dict[str, dict[str, Table]] = {}
-        with ThreadPoolExecutor(max_workers=len(TOOLS)) as pool:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ztplan-save") as pool:
             saving = {f: pool.submit(host.run, [save]) for f, (save, _) in TOOLS.items()}
             for family, (save, _) in TOOLS.items():
                 done = saving[family].result()
