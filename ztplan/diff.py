@@ -79,7 +79,9 @@ def diff_resources(
     changes: list[Change] = []
     unmanaged: list[Address] = []
     scopes: Sequence[Resource] = [r for r in desired.values() if r.scope]
-    follows = _anchors(desired, live)
+    # Anchors are of elements not live: with none (a plan with nothing to create), the
+    # 100,000 element addresses of a long chain need not be made again.
+    follows = _anchors(desired, live) if any(a not in live for a in desired) else {}
     for address, want in desired.items():
         have = live.get(address)
         if want.relative_order:

@@ -91,8 +91,20 @@ def parse_save(text: str) -> dict[str, Table]:
     """iptables-save output -> table name -> Table (comments and counters dropped)."""
     tables: dict[str, Table] = {}
     current: Table | None = None
+    chain_rules: list[str] = []  # the rules of the last `-A` line's table and chain
+    last_table: Table | None = None
+    last_chain = ""
+    carriage = "\r" in text
     for line in text.split("\n"):
-        line = line.rstrip("\r")
+        if carriage:
+            line = line.rstrip("\r")
+        if current is not None and line.startswith("-A "):  # most lines: first, and quick
+            chain, _, rule = line[3:].partition(" ")
+            if current is not last_table or chain != last_chain:
+                chain_rules = current.rules.setdefault(chain, [])
+                last_table, last_chain = current, chain
+            chain_rules.append(rule)
+            continue
         if line.startswith("["):  # `iptables-save -c`: `[packets:bytes] -A ...`
             line = line.partition("] ")[2]
         if line.startswith("*"):

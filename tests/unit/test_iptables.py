@@ -4,6 +4,8 @@ ztplan's own chains."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.fake_host import FIXTURES
 from ztplan.iptables import (
@@ -164,3 +166,42 @@ def test_own_chain_ids_of_different_targets_differ() -> None:
 
 def test_the_jump_is_spelled_as_iptables_save_prints_it() -> None:
     assert jump_rule("gw1", "FORWARD") == '-m comment --comment "ztplan:gw1" -j ZT-gw1.FORWARD'
+
+
+def _parse_save_line_by_line(text: str) -> dict[str, Table]:
+    """parse_save as it was first written: the oracle of the test below."""
+    tables: dict[str, Table] = {}
+    current: Table | None = None
+    for line in text.split("\n"):
+        line = line.rstrip("\r")
+        if line.startswith("["):
+            line = line.partition("] ")[2]
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:].strip(), Table())
+        elif current is None or not line or line.startswith("#") or line == "COMMIT":
+            continue
+        elif line.startswith(":"):
+            words = line[1:].split()
+            if not words:
+                continue
+            chain, policy = (words + ["-"])[:2]
+            current.policies[chain] = policy
+            current.rules.setdefault(chain, [])
+        elif line.startswith("-A "):
+            chain, _, rule = line[3:].partition(" ")
+            current.rules.setdefault(chain, []).append(rule)
+    return tables
+
+
+SAVE_LINES = st.sampled_from(
+    ["*filter", "*nat", "COMMIT", ":FORWARD DROP [0:0]", ":ZT-gw1.FORWARD - [0:0]", ":", "",
+     "# Generated", "-A FORWARD -j ACCEPT", "-A ZT-gw1.FORWARD -s 10.0.0.1/32 -j ACCEPT",
+     "-A FORWARD", "-A  FORWARD x", "[1:2] -A FORWARD -j DROP", "[3:4] :INPUT ACCEPT",
+     "-A FORWARD -m comment --comment \"a\rb\" -j ACCEPT", "-A INPUT -j LOG\r", "*filter\r"]
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(SAVE_LINES, max_size=30).map("\n".join))
+def test_parse_save_reads_as_it_was_first_written(text: str) -> None:
+    assert parse_save(text) == _parse_save_line_by_line(text)

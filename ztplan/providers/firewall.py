@@ -63,7 +63,14 @@ from ztplan.iptables import (
     untag_legacy,
 )
 from ztplan.model import Action, Change, Finding, Resource, Snapshot
-from ztplan.normalise import TOOLS, KernelNormaliser, Normaliser, RuleRejected, restore_message
+from ztplan.normalise import (
+    TOOLS,
+    KernelNormaliser,
+    Normaliser,
+    RuleRejected,
+    SpecRule,
+    restore_message,
+)
 from ztplan.spec import Spec, format_field, line_of
 
 __all__ = ["YIELD_TO", "Firewall", "Layout", "restore_input", "rule_address"]
@@ -204,7 +211,8 @@ class Firewall:
             fam = getattr(spec.firewall, family, None) if spec.firewall else None
             if fam is None:
                 continue
-            rules = []
+            rules: list[SpecRule] = []
+            spans: list[tuple[str, str, int]] = []  # (table, chain, where its rules end)
             declared: dict[str, set[str]] = {}
             for table_name, table in fam.tables().items():
                 for chain, policy in table.policy.items():
@@ -215,32 +223,36 @@ class Firewall:
                     for i, rule in enumerate(chain_spec.rules):
                         path: tuple[str | int, ...] = ("firewall", family, table_name, chain, i)
                         rules.append((family, table_name, chain, rule, path))
+                    spans.append((table_name, chain, len(rules)))
             try:
                 spelled = self.normalise(family, rules, declared)
             except RuleRejected as error:
                 raise self._spec_error(spec, error.path, error.message) from None
             rule_resources: dict[tuple[str, str], dict[Address, Resource]] = {}
-            for (_, table_name, chain, _, path), (text, externals) in zip(
-                rules, spelled, strict=True
-            ):
-                if _carries_tag(text):
-                    raise self._spec_error(
-                        spec,
-                        path,
-                        "a rule without a `ztplan` comment: ztplan uses that "
-                        "comment to mark what it owns",
-                    )
-                address = rule_address(family, table_name, chain, text)
-                mine = rule_resources.setdefault((table_name, chain), {})
-                if address in mine:
-                    raise self._spec_error(
-                        spec,
-                        path,
-                        f"the same rule as another in this chain once normalised: {text}",
-                    )
-                mine[address] = Resource(address, text)
-                for name in externals:
-                    self.externals[address] = (path, name)
+            start = 0
+            for table_name, chain, end in spans:  # a chain at a time: its address made once
+                base = _firewall(family, table_name, chain)
+                mine = rule_resources[(table_name, chain)] = {}
+                for k in range(start, end):
+                    text, externals = spelled[k]
+                    if _carries_tag(text):
+                        raise self._spec_error(
+                            spec,
+                            rules[k][4],
+                            "a rule without a `ztplan` comment: ztplan uses that "
+                            "comment to mark what it owns",
+                        )
+                    address = base.item(text)
+                    if address in mine:
+                        raise self._spec_error(
+                            spec,
+                            rules[k][4],
+                            f"the same rule as another in this chain once normalised: {text}",
+                        )
+                    mine[address] = Resource(address, text)
+                    for name in externals:
+                        self.externals[address] = (rules[k][4], name)
+                start = end
             for table_name, table in fam.tables().items():
                 for chain, chain_spec in table.chains.items():
                     # The chain and its jump first: they read as the heading of its rules.
@@ -336,7 +348,9 @@ class Firewall:
                 resources[base.dot("chain")] = Resource(base.dot("chain"), chain)
                 texts = [rewrite_jumps(r, logical) for r in rules] if logical else rules
                 for text in texts:
-                    address = _unique(resources, base.item(text))
+                    address = base.item(text)
+                    if address in resources:
+                        address = _unique(resources, address)
                     resources[address] = Resource(address, text)
                 resources[base] = Resource(base, list(texts), owned=False, relative_order=True)
                 continue
