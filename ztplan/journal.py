@@ -46,7 +46,7 @@ __all__ = [
 
 
 class JournalStep(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     index: int
     provider: str
@@ -59,7 +59,7 @@ class JournalStep(BaseModel):
 
 
 class Journal(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     version: int = 2
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))

@@ -65,7 +65,7 @@ MAX_LOCK_BYTES = 64 * 1024
 class LockInfo(BaseModel):
     """The lock's JSON: who holds the target and since when."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     id: str
     """Random id of this lock; `ztplan force-unlock ID` needs it."""

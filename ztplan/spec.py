@@ -197,7 +197,7 @@ DnsDomain = Annotated[str, AfterValidator(_dns_domain)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Target(_Model):
@@ -485,7 +485,7 @@ class V6AssignMode(_Model):
         "id (room for containers or VMs behind it). Written `6plane`.",
     )
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
 
 class Dns(_Model):

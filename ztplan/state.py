@@ -31,7 +31,7 @@ __all__ = [
 
 
 class StateFile(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     version: int = Field(default=1, description="Format of this file.")
     serial: int = Field(description="Bumped on every write.")
