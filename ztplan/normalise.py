@@ -157,10 +157,13 @@ class KernelNormaliser:
                 else:
                     externals.pop(key, None)
             self._save(family)
-        return [
+        answer = [
             (spelled[key] or rule[3], tuple(externals[key]) if key in externals else ())
             for key, rule in zip(keys, rules, strict=True)
         ]
+        # Not kept: a family's cache of 50,000 rules is some 20 MB, and a run asks once.
+        del self._spelled[family], self._externals[family]
+        return answer
 
 
 def _cached(spelled: Mapping[str, Any], externals: Mapping[str, Any], key: str) -> bool:
