@@ -43,7 +43,7 @@ from ztplan.journal import (
 from ztplan.model import Change, Plan, Snapshot, StepOutcome, digest_of
 from ztplan.order import steps
 from ztplan.providers import Provider
-from ztplan.state import StateFile, write_state
+from ztplan.state import StateFile, resources_of, write_state
 
 __all__ = [
     "ApplyResult",
@@ -252,7 +252,7 @@ def apply_plan(
         snapshots={s.provider: snapshots[s.provider].raw for s in planned},
         steps=planned,
         confirm_by=confirm_by,
-        previous_state=previous.model_dump_json(indent=2) + "\n" if previous else None,
+        previous_state=previous.text if previous else None,
     )
     write_journal(journal_file, journal)
     # The new state's digests do not depend on how the steps go: they are made while the
@@ -317,7 +317,7 @@ def _digests(plan: Plan, previous: StateFile | None) -> dict[Address, str]:
     plan asks is then what is live: the digests of its desired values (a partial plan: of
     what it changed, the rest carried over from `previous`)."""
     if plan.partial is not None:
-        digests = dict(previous.resources) if previous else {}
+        digests = resources_of(previous) if previous else {}
         touched = {c.address for c in plan.changes}
         digests.update((a, digest_of(v)) for a, v in plan.desired.items() if a in touched)
         return digests

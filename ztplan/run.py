@@ -123,7 +123,9 @@ class Run:
             yield
 
     def _previous(self) -> StateFile | None:
-        return read_state(self.state_dir, self.target)
+        """The target's state, checked whole; its resources (which neither a plan nor a
+        whole apply reads) are not kept."""
+        return read_state(self.state_dir, self.target, resources=False)
 
     def _notes(self) -> list[Finding]:
         """What earlier runs left: an unfinished or unconfirmed apply, a reverted one, a
@@ -195,7 +197,7 @@ class Run:
         mine = claims_of(plan.desired, self._ndppd_config())
         findings = []
         read = {state_path(self.state_dir, self.target): previous}
-        for other in read_states(self.state_dir, read):
+        for other in read_states(self.state_dir, read, resources=False):
             if other.target == self.target or other.netns != self.host.netns:
                 continue
             for key, theirs in other.claims.items():

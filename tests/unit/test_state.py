@@ -170,3 +170,28 @@ def test_read_states_takes_a_file_already_read_as_it_is(tmp_path: Path) -> None:
     state_path(tmp_path, "gw1").write_text("not json")  # would be skipped if it were parsed
     assert read_states(tmp_path, {state_path(tmp_path, "gw1"): mine}) == [mine, theirs]
     assert read_states(tmp_path, {state_path(tmp_path, "gw2"): None}) == []
+
+
+def test_a_state_read_without_its_resources_is_checked_whole_and_keeps_its_text(
+    tmp_path: Path,
+) -> None:
+    """A plan reads the state without keeping its resources (33 MB at 2 x 50,000 rules);
+    the file is still checked whole, and its text is what a revert puts back."""
+    from ztplan.state import resources_of
+
+    written = write_state(tmp_path, None, "gw1", "ns", SOURCE, DIGESTS)
+    head = read_state(tmp_path, "gw1", resources=False)
+    assert head is not None
+    assert (head.serial, head.lineage, head.spec, head.resources) == (
+        1,
+        written.lineage,
+        SOURCE,
+        {},
+    )
+    assert head.text == state_path(tmp_path, "gw1").read_text()
+    assert resources_of(head) == DIGESTS == resources_of(written)
+    data = json.loads(head.text)
+    data["resources"]["firewall.ipv4[unclosed"] = "sha256:" + "3" * 64
+    state_path(tmp_path, "gw1").write_text(json.dumps(data))
+    with pytest.raises(ZtplanError, match="unreadable state file"):
+        read_state(tmp_path, "gw1", resources=False)
