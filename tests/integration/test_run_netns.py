@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Silent, needs_netns, open_spec, rules_of
+from tests.conftest import Silent, apply_spec, needs_netns, open_spec, rules_of
 
 pytestmark = [pytest.mark.netns, needs_netns]
 
@@ -57,3 +57,20 @@ def test_an_apply_after_a_question_reads_the_host_again(netns: str, state_dir: P
     run, reads = _counted(netns, state_dir)
     run.apply(approve=lambda plan: True, reporter=Silent())
     assert reads == {"firewall": 2, "sysctl": 2}
+
+
+def test_a_partial_apply_keeps_the_digests_it_did_not_touch(netns: str, state_dir: Path) -> None:
+    """A run reads the state without its resources; the one apply that needs them (a
+    partial one, which carries over what it did not change) reads them from its text."""
+    from ztplan.state import read_state
+
+    apply_spec(open_spec(SPEC, netns, state_dir, verify=False))
+    before = read_state(state_dir, "gw1")
+    assert before is not None
+    more = SPEC.replace('"]', '", "-s 10.6.8.0/22 -i zt+ -j ACCEPT"]')
+    new = 'firewall.ipv4.filter.FORWARD["-s 10.6.8.0/22 -i zt+ -j ACCEPT"]'
+    apply_spec(open_spec(more, netns, state_dir, verify=False, targets=(new,)))
+    after = read_state(state_dir, "gw1")
+    assert after is not None and after.serial == 2
+    assert set(after.resources) - set(before.resources) == {new}
+    assert {a: d for a, d in after.resources.items() if a != new} == before.resources
