@@ -54,13 +54,16 @@ class StateFile(BaseModel):
         "file (`ndppd.config` -> path). Another target's plan is an error on a conflict.",
     )
 
-    _text: str | None = PrivateAttr(default=None)
-    """The file as read, when its resources were not kept (`read_state`)."""
+    _path: Path | None = PrivateAttr(default=None)
+    """The file it was read from, when its resources were not kept (`read_state`)."""
 
     @property
     def text(self) -> str:
-        """The file's text: as read, or as this state is written."""
-        return self._text if self._text is not None else self.model_dump_json(indent=2) + "\n"
+        """The file's text: read again when the resources were not kept (a run reads it
+        under the target's lock, so it is the file checked), else this state written."""
+        if self._path is not None:
+            return self._path.read_text()
+        return self.model_dump_json(indent=2) + "\n"
 
 
 class _Checked(StateFile):
@@ -77,8 +80,7 @@ def state_path(state_dir: Path, target: str) -> Path:
 def read_state(state_dir: Path, target: str, resources: bool = True) -> StateFile | None:
     """The target's state, checked whole. With `resources` False, the resources are not
     kept (a plan never reads them, and the 100,000 digests of 2 x 50,000 rules are 33 MB
-    and 0.05 s more): the state has none, and its `text` is the file as read. Use
-    `resources_of` to have them."""
+    and 0.05 s more): the state has none; `text` and `resources_of` read the file again."""
     path = state_path(state_dir, target)
     try:
         data = path.read_bytes()
@@ -94,17 +96,21 @@ def read_state(state_dir: Path, target: str, resources: bool = True) -> StateFil
         ) from None
     fields = {name: getattr(checked, name) for name in StateFile.model_fields}
     state = StateFile.model_construct(**{**fields, "resources": {}})
-    state._text = data.decode()
+    state._path = path
     return state
 
 
 def resources_of(state: StateFile) -> dict[Address, str]:
-    """The state's resources, parsed again from its text when `read_state` did not keep
-    them."""
-    if state._text is None:
+    """The state's resources, read again when `read_state` did not keep them (under the
+    target's lock: the file read then)."""
+    if state._path is None:
         return dict(state.resources)
-    full = StateFile.model_validate_json(state._text)
-    return dict(full.resources)
+    try:
+        return dict(StateFile.model_validate_json(state._path.read_bytes()).resources)
+    except (OSError, ValidationError, ValueError) as error:
+        raise ZtplanError(
+            f"{state._path}: unreadable state file ({error.__class__.__name__})"
+        ) from None
 
 
 def read_states(

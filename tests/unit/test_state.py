@@ -176,7 +176,8 @@ def test_a_state_read_without_its_resources_is_checked_whole_and_keeps_its_text(
     tmp_path: Path,
 ) -> None:
     """A plan reads the state without keeping its resources (33 MB at 2 x 50,000 rules);
-    the file is still checked whole, and its text is what a revert puts back."""
+    the file is still checked whole, and its text (what a revert puts back) and its
+    resources are read again when asked for."""
     from ztplan.state import resources_of
 
     written = write_state(tmp_path, None, "gw1", "ns", SOURCE, DIGESTS)
