@@ -17,6 +17,7 @@ from ztplan.host import Host
 from ztplan.model import Action, Change, Finding, Partial, Plan, PlanContext, Snapshot, SpecSource
 from ztplan.order import order_changes
 from ztplan.providers import Provider
+from ztplan.providers.base import Fetching
 from ztplan.spec import Spec
 from ztplan.state import StateFile
 
@@ -37,15 +38,24 @@ is read after the providers before it."""
 def _reading(providers: Sequence[Provider], host: Host) -> Iterator[Callable[[], list[Snapshot]]]:
     """Read each provider's live state in a thread of its own, from now on; the block gets
     the snapshots, in order, by calling what it is given. The waits (the kernel's saves,
-    each network's GET) overlap each other and the block's own work. A failure is the
-    first failing provider's, in order, as when they were read one by one; after one (or
-    Ctrl-C), the other reads are not waited for: they only read."""
+    each network's GET) overlap each other and the block's own work. A provider that
+    splits its read (`Fetching`) only fetches in its thread: what it fetched is
+    interpreted in this one, when asked for (after the block's desired states). A failure
+    is the first failing provider's, in order, as when they were read one by one; after
+    one (or Ctrl-C), the other reads are not waited for: they only read."""
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=max(len(providers), 1), thread_name_prefix="ztplan-read")
+
+    def start(provider: Provider) -> Callable[[], Snapshot]:
+        if isinstance(provider, Fetching):
+            fetching = pool.submit(provider.fetch, host)
+            return lambda: provider.interpret(fetching.result())
+        return pool.submit(provider.read, host).result
+
     try:
-        reading = [pool.submit(p.read, host) for p in providers]
-        yield lambda: [r.result() for r in reading]
+        reading = [start(p) for p in providers]
+        yield lambda: [snapshot() for snapshot in reading]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 

@@ -23,17 +23,22 @@ firewall:
 
 
 class Counting:
-    """A provider whose reads are counted."""
+    """A provider whose reads of the host are counted (a plan has the firewall fetch its
+    saves, and interprets them apart)."""
 
     def __init__(self, inner: Any, reads: dict[str, int]) -> None:
         self.inner, self.reads, self.name = inner, reads, inner.name
 
     def __getattr__(self, attr: str) -> Any:
-        return getattr(self.inner, attr)
+        value = getattr(self.inner, attr)
+        if attr not in ("read", "fetch"):
+            return value
 
-    def read(self, host: Any) -> Any:
-        self.reads[self.name] = self.reads.get(self.name, 0) + 1
-        return self.inner.read(host)
+        def counted(host: Any) -> Any:
+            self.reads[self.name] = self.reads.get(self.name, 0) + 1
+            return value(host)
+
+        return counted
 
 
 def _counted(netns: str, state_dir: Path) -> tuple[Any, dict[str, int]]:

@@ -318,6 +318,19 @@ def test_a_fresh_gateway_is_one_restore_per_family() -> None:
     assert v6.startswith("*filter\n:ZT-gw1.FORWARD - [0:0]\n")
 
 
+def test_the_live_rules_that_are_as_desired_are_the_desired_objects() -> None:
+    """Issue 14: 2 x 50,000 rules are held once, not once desired and once live."""
+    kernel = FakeKernel()
+    firewall, _ = converge(spec_of(GATEWAY), kernel)
+    wanted = firewall.desired(spec_of(GATEWAY))
+    live = firewall.read(kernel).resources
+    rule = Address(f'firewall.ipv4.filter.FORWARD["{ZT_OUT}"]')
+    (key,) = [a for a in live if a == rule]
+    assert live[rule] is wanted[rule] and key is next(a for a in wanted if a == rule)
+    fresh = firewall_for(spec_of(GATEWAY)).read(kernel)  # no desired state to share
+    assert fresh.resources == live and fresh.resources[rule] is not wanted[rule]
+
+
 def test_one_new_rule_is_one_insert_at_its_place() -> None:
     kernel = FakeKernel()
     converge(spec_of(GATEWAY), kernel)

@@ -13,13 +13,13 @@ plan does what it shows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ztplan.host import Host
 from ztplan.model import Address, Change, Finding, Resource, Snapshot
 from ztplan.spec import Spec
 
-__all__ = ["Provider"]
+__all__ = ["Fetching", "Provider"]
 
 
 @runtime_checkable
@@ -55,4 +55,20 @@ class Provider(Protocol):
         """Undo `changes`, which were applied wholly, in part or not at all: put back what
         `before` held for the resources they touch, and nothing else. Reads the live
         state afresh; `before` may have been rebuilt from its `raw` (a journal)."""
+        ...
+
+
+@runtime_checkable
+class Fetching(Provider, Protocol):
+    """A provider whose `read` is `interpret(fetch(host))`: the waiting (commands,
+    requests) apart from the parsing, so that a plan can fetch while it makes the desired
+    states and interpret after them, in order (the firewall: its saves are the kernel's
+    time, and its snapshot can then share the objects `desired` made)."""
+
+    def fetch(self, host: Host) -> Any:
+        """What `read` reads from the host, as it came. Never writes."""
+        ...
+
+    def interpret(self, fetched: Any) -> Snapshot:
+        """The snapshot of what `fetch` returned."""
         ...
