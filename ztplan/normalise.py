@@ -142,25 +142,29 @@ class KernelNormaliser:
         """The spelling of each rule, in input order. `chains`: table -> the user chains
         the spec declares (jumps to them are not external)."""
         spelled, externals = self._load(family)
-        keys = [f"{table}\t{rule}" for _, table, _, rule, _ in rules]
-        missing = [
-            r for r, key in zip(rules, keys, strict=True) if not _cached(spelled, externals, key)
-        ]
+        answer: list[Spelled] = []
+        missing: list[int] = []  # one pass, no list of keys kept: 100,000 rules are 8 MB
+        for i, (_, table, _, rule, _) in enumerate(rules):
+            key = f"{table}\t{rule}"
+            if not _cached(spelled, externals, key):
+                missing.append(i)
+                answer.append((rule, ()))
+                continue
+            found = externals.get(key)
+            answer.append((spelled[key] or rule, tuple(found) if found else ()))
         if missing:
             with scratch_namespace() as host:
-                answers = _round_trip(host, family, missing, chains)
-            for rule, (text, found) in zip(missing, answers, strict=True):
-                key = f"{rule[1]}\t{rule[3]}"
-                spelled[key] = None if text == rule[3] else text
+                answers = _round_trip(host, family, [rules[i] for i in missing], chains)
+            for i, (text, found) in zip(missing, answers, strict=True):
+                _, table, _, written, _ = rules[i]
+                key = f"{table}\t{written}"
+                spelled[key] = None if text == written else text
                 if found:
                     externals[key] = list(found)
                 else:
                     externals.pop(key, None)
+                answer[i] = (text, found)
             self._save(family)
-        answer = [
-            (spelled[key] or rule[3], tuple(externals[key]) if key in externals else ())
-            for key, rule in zip(keys, rules, strict=True)
-        ]
         # Not kept: a family's cache of 50,000 rules is some 20 MB, and a run asks once.
         del self._spelled[family], self._externals[family]
         return answer

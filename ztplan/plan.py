@@ -119,7 +119,7 @@ def make_plan(
     unmanaged: list[Address] = []
     findings: list[Finding] = list(notes)
     desired_values: dict[Address, JsonValue] = {}
-    known: set[Address] = set()
+    known: list[Mapping[Address, object]] = []  # what --target may name (no copy)
     # The live states are read (in threads) while the desired states are made from the
     # spec; a bad spec still fails first, before any read is looked at. A provider that
     # plans from the others' live state (persist) comes after them.
@@ -138,9 +138,8 @@ def make_plan(
         context.changes.extend(found)
         unmanaged.extend(foreign)
         findings.extend(provider.check(spec, snapshot))
-        desired_values.update({a: r.value for a, r in desired.items()})
-        known.update(desired)
-        known.update(snapshot.resources)
+        desired_values.update((a, r.value) for a, r in desired.items())  # no copy of 100,000
+        known += [desired, snapshot.resources]
 
     def addresses() -> Mapping[str, Sequence[str]] | None:
         try:
@@ -152,7 +151,7 @@ def make_plan(
     ordered = order_changes(context.changes)
     partial = None
     if targets:
-        unknown = [t for t in targets if not any(a.within(t) for a in known)]
+        unknown = [t for t in targets if not any(a.within(t) for m in known for a in m)]
         if unknown:
             raise ZtplanError(
                 f"--target {unknown[0]} matches no resource of the spec or of the live state",

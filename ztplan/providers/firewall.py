@@ -43,6 +43,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from pydantic import JsonValue
+
 from ztplan.address import Address
 from ztplan.errors import LiveReadError, SpecError
 from ztplan.host import Host
@@ -215,7 +217,7 @@ class Firewall:
             if fam is None:
                 continue
             rules: list[SpecRule] = []
-            spans: list[tuple[str, str, int]] = []  # (table, chain, where its rules end)
+            spans: list[tuple[str, str, int, bool]] = []  # table, chain, rules' end, exclusive
             declared: dict[str, set[str]] = {}
             for table_name, table in fam.tables().items():
                 for chain, policy in table.policy.items():
@@ -226,16 +228,20 @@ class Firewall:
                     for i, rule in enumerate(chain_spec.rules):
                         path: tuple[str | int, ...] = ("firewall", family, table_name, chain, i)
                         rules.append((family, table_name, chain, rule, path))
-                    spans.append((table_name, chain, len(rules)))
+                    spans.append((table_name, chain, len(rules), chain_spec.exclusive))
             try:
                 spelled = self.normalise(family, rules, declared)
             except RuleRejected as error:
                 raise self._spec_error(spec, error.path, error.message) from None
-            rule_resources: dict[tuple[str, str], dict[Address, Resource]] = {}
             start = 0
-            for table_name, chain, end in spans:  # a chain at a time: its address made once
+            for table_name, chain, end, exclusive in spans:  # a chain's address made once
+                # The chain and its jump first: they read as the heading of its rules.
                 base = _firewall(family, table_name, chain)
-                mine = rule_resources[(table_name, chain)] = {}
+                out[base.dot("chain")] = Resource(base.dot("chain"), own_chain(self.target, chain))
+                builtin = chain in TABLES[table_name]
+                if builtin:
+                    out[base.dot("jump")] = Resource(base.dot("jump"), FIRST)
+                texts: list[JsonValue] = []
                 for k in range(start, end):
                     text, externals = spelled[k]
                     if _carries_tag(text):
@@ -246,34 +252,24 @@ class Firewall:
                             "comment to mark what it owns",
                         )
                     address = base.item(text)
-                    if address in mine:
+                    if address in out:  # only this chain's rules are under its address
                         raise self._spec_error(
                             spec,
                             rules[k][4],
                             f"the same rule as another in this chain once normalised: {text}",
                         )
-                    mine[address] = Resource(address, text)
+                    out[address] = Resource(address, text)
+                    texts.append(text)
                     for name in externals:
                         self.externals[address] = (rules[k][4], name)
                 start = end
-            for table_name, table in fam.tables().items():
-                for chain, chain_spec in table.chains.items():
-                    # The chain and its jump first: they read as the heading of its rules.
-                    base = _firewall(family, table_name, chain)
-                    out[base.dot("chain")] = Resource(
-                        base.dot("chain"), own_chain(self.target, chain)
-                    )
-                    if chain in TABLES[table_name]:
-                        out[base.dot("jump")] = Resource(base.dot("jump"), FIRST)
-                    mine = rule_resources.get((table_name, chain), {})
-                    out.update(mine)
-                    out[base] = Resource(
-                        base,
-                        [r.value for r in mine.values()],
-                        relative_order=True,
-                        scope=f"{base}.foreign[",
-                        purge=chain_spec.exclusive and chain in TABLES[table_name],
-                    )
+                out[base] = Resource(
+                    base,
+                    texts,
+                    relative_order=True,
+                    scope=f"{base}.foreign[",
+                    purge=exclusive and builtin,
+                )
         self.wanted = out
         return out
 
