@@ -10,7 +10,7 @@ import contextlib
 import os
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -140,13 +140,25 @@ def read_states(
     return out
 
 
-def write_atomic(path: Path, data: str, mode: int = 0o644) -> None:
-    """Temp file in the same directory, fsync, rename: readers see the old or the new file."""
+_CHUNK = 1 << 20
+
+
+def write_atomic(path: Path, data: str | bytes | Iterable[str | bytes], mode: int = 0o644) -> None:
+    """Temp file in the same directory, fsync, rename: readers see the old or the new file.
+
+    `data` is text (UTF-8), bytes, or either in pieces (`json.JSONEncoder.iterencode`'s);
+    text is encoded a megabyte at a time, so a state or journal of tens of MB is not held
+    twice, as text and as bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(data)
+        with os.fdopen(fd, "wb") as handle:
+            for piece in [data] if isinstance(data, str | bytes) else data:
+                if isinstance(piece, bytes):
+                    handle.write(piece)
+                    continue
+                for start in range(0, len(piece), _CHUNK):
+                    handle.write(piece[start : start + _CHUNK].encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
@@ -176,9 +188,11 @@ def write_state(
         netns=netns,
         spec=spec,
         applied_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        resources=dict(sorted(resources.items())),
+        resources={a: resources[a] for a in sorted(resources)},
         claims=dict(sorted((claims or {}).items())),
     )
-    # pydantic's own serialiser: ~5x faster than json.dumps on 20,000 resources.
-    write_atomic(state_path(state_dir, target), state.model_dump_json(indent=2) + "\n")
+    # pydantic's own serialiser (~5x faster than json.dumps on 20,000 resources), to bytes:
+    # the same as model_dump_json, without a second copy of 13 MB at 2 x 50,000 rules.
+    dumped = StateFile.__pydantic_serializer__.to_json(state, indent=2)
+    write_atomic(state_path(state_dir, target), (dumped, b"\n"))
     return state
