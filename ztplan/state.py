@@ -11,6 +11,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +29,9 @@ __all__ = [
     "read_states",
     "resources_of",
     "state_path",
+    "PreparedState",
+    "Written",
+    "prepare_state",
     "write_atomic",
     "write_state",
 ]
@@ -149,27 +153,64 @@ def write_atomic(path: Path, data: str | bytes | Iterable[str | bytes], mode: in
     `data` is text (UTF-8), bytes, or either in pieces (`json.JSONEncoder.iterencode`'s);
     text is encoded a megabyte at a time, so a state or journal of tens of MB is not held
     twice, as text and as bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for piece in [data] if isinstance(data, str | bytes) else data:
-                if isinstance(piece, bytes):
-                    handle.write(piece)
-                    continue
-                for start in range(0, len(piece), _CHUNK):
-                    handle.write(piece[start : start + _CHUNK].encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
+    Written(path, data, mode).commit()
+
+
+class Written:
+    """A file written and synced beside `path` (`.name.*.tmp`), not yet in its place:
+    `commit` renames it in (readers see the old or the new file, whole), `discard`
+    removes it. What write_atomic does, in two steps, so that the writing and the fsync
+    can be done ahead, while something else runs."""
+
+    def __init__(
+        self, path: Path, data: str | bytes | Iterable[str | bytes], mode: int = 0o644
+    ) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for piece in [data] if isinstance(data, str | bytes) else data:
+                    if isinstance(piece, bytes):
+                        handle.write(piece)
+                        continue
+                    for start in range(0, len(piece), _CHUNK):
+                        handle.write(piece[start : start + _CHUNK].encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(self.tmp, mode)
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> None:
+        try:
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            os.unlink(self.tmp)
 
 
-def write_state(
+@dataclass
+class PreparedState:
+    """A new state, written and synced beside the state file: `commit` puts it in place."""
+
+    state: StateFile
+    written: Written
+
+    def commit(self) -> StateFile:
+        self.written.commit()
+        return self.state
+
+    def discard(self) -> None:
+        self.written.discard()
+
+
+def prepare_state(
     state_dir: Path,
     previous: StateFile | None,
     target: str,
@@ -177,7 +218,13 @@ def write_state(
     spec: SpecSource,
     resources: dict[Address, str],
     claims: dict[str, str] | None = None,
-) -> StateFile:
+) -> PreparedState:
+    """The next state of `target`, written beside its file (an apply writes it while its
+    steps run, and puts it in place once they all took). Called under the target's lock:
+    a temp file of its state left there is an apply's that was killed, and goes."""
+    for stale in state_dir.glob(f".{target}.json.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     # Built from values typed here, not validated again: 100,000 addresses to re-check.
     state = StateFile.model_construct(
         version=1,
@@ -194,5 +241,16 @@ def write_state(
     # pydantic's own serialiser (~5x faster than json.dumps on 20,000 resources), to bytes:
     # the same as model_dump_json, without a second copy of 13 MB at 2 x 50,000 rules.
     dumped = StateFile.__pydantic_serializer__.to_json(state, indent=2)
-    write_atomic(state_path(state_dir, target), (dumped, b"\n"))
-    return state
+    return PreparedState(state, Written(state_path(state_dir, target), (dumped, b"\n")))
+
+
+def write_state(
+    state_dir: Path,
+    previous: StateFile | None,
+    target: str,
+    netns: str | None,
+    spec: SpecSource,
+    resources: dict[Address, str],
+    claims: dict[str, str] | None = None,
+) -> StateFile:
+    return prepare_state(state_dir, previous, target, netns, spec, resources, claims).commit()

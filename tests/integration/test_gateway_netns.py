@@ -350,6 +350,7 @@ def test_a_restore_failing_half_way_rolls_the_firewall_back(netns: str, state_di
     assert full_dump(netns) == before  # the IPv4 half that had succeeded is gone again
     assert sh(netns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "0"
     assert not (state_dir / "gw.json").exists()
+    assert not list(state_dir.glob(".gw.json.*"))  # nor the state written ahead
 
 
 def test_a_failing_later_step_rolls_back_earlier_ones(netns: str, state_dir: Path) -> None:

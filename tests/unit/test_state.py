@@ -196,3 +196,21 @@ def test_a_state_read_without_its_resources_is_checked_whole_and_keeps_its_text(
     state_path(tmp_path, "gw1").write_text(json.dumps(data))
     with pytest.raises(ZtplanError, match="unreadable state file"):
         read_state(tmp_path, "gw1", resources=False)
+
+
+def test_a_prepared_state_is_in_place_only_once_committed(tmp_path: Path) -> None:
+    """An apply writes its next state while its steps run: until it commits, readers see
+    the old file; a discarded one leaves nothing; one a killed apply left goes next time."""
+    from ztplan.state import prepare_state
+
+    first = write_state(tmp_path, None, "gw1", "ns", SOURCE, DIGESTS)
+    (tmp_path / ".gw1.json.killed.tmp").write_text("{}")
+    prepared = prepare_state(tmp_path, first, "gw1", "ns", SOURCE, {})
+    assert read_state(tmp_path, "gw1") == first
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [
+        Path(prepared.written.tmp).name
+    ]
+    assert prepared.commit() == read_state(tmp_path, "gw1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gw1.json"]
+    prepare_state(tmp_path, first, "gw1", "ns", SOURCE, {}).discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gw1.json"]
