@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import gc
 import io
 import json
 import os
@@ -243,7 +244,7 @@ def in_process(spec: Path, ns: str, state: Path, apply: bool) -> dict[str, float
     run_.providers = [_Timed(p, times) for p in run_.providers]  # type: ignore[misc]
     start = time.perf_counter()
     if apply:
-        run_.apply(approve=lambda plan: True, reporter=_Quiet())
+        run_.apply(approve=None, reporter=_Quiet())  # as --auto-approve
     else:
         run_.plan()
     times["plan" if not apply else "apply"] = time.perf_counter() - start
@@ -608,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGHUP, _raise_exit)
     sys.path.insert(0, str(ROOT))
+    gc.set_threshold(100_000, 50, 50)  # as ztplan.cli.main: the in-process rows alike
     before = loadavg()
     work = Path(tempfile.mkdtemp(prefix="ztplan-bench-"))
     global CHILD_ENV
