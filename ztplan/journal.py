@@ -31,6 +31,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ztplan.errors import ZtplanError
+from ztplan.files import STATE_LIMIT, NotRegular, read_regular
 from ztplan.model import Change
 from ztplan.state import write_atomic
 
@@ -126,15 +128,22 @@ def _log(path: Path) -> Path:
 
 def read_journal(path: Path) -> Journal | None:
     try:
-        journal = Journal.model_validate_json(path.read_bytes())
+        journal = Journal.model_validate_json(read_regular(str(path), STATE_LIMIT))
     except FileNotFoundError:
         return None
     except (OSError, ValidationError, ValueError):
         return None  # torn, foreign or of another version: nothing can be resumed from it
     try:
-        lines = _log(path).read_text().split("\n")
+        lines = read_regular(str(_log(path)), STATE_LIMIT).decode(errors="replace").split("\n")
     except FileNotFoundError:
         lines = []
+    except OSError as error:  # what was done is unknown: say so, never guess "nothing"
+        why = error.kind if isinstance(error, NotRegular) else error.__class__.__name__
+        raise ZtplanError(
+            f"{_log(path)}: unreadable journal log ({why})",
+            "it records which steps of an unfinished apply were done: restore it from a "
+            "backup, or move both journal files aside once the gateway is checked by hand",
+        ) from None
     for line in lines:  # a torn last line has no newline and is ignored by the split below
         run, _, event = line.partition(" ")
         kind, _, value = event.partition(" ")

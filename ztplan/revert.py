@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ztplan.apply import undo_steps
 from ztplan.errors import ZtplanError
+from ztplan.files import STATE_LIMIT, read_regular
 from ztplan.host import Host
 from ztplan.journal import Journal, JournalStep, journal_path, read_journal, remove_journal
 from ztplan.model import Snapshot
@@ -95,7 +96,7 @@ def _outcome_path(state_dir: Path, target: str) -> Path:
 def read_outcome(state_dir: Path, target: str) -> dict[str, str] | None:
     """How the last confirm window of `target` ended, if it was reverted."""
     try:
-        data = json.loads(_outcome_path(state_dir, target).read_text())
+        data = json.loads(read_regular(str(_outcome_path(state_dir, target)), STATE_LIMIT))
     except (OSError, ValueError):
         return None
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None

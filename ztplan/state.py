@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ztplan import __version__
 from ztplan.errors import ZtplanError
+from ztplan.files import STATE_LIMIT, NotRegular, read_regular
 from ztplan.model import Address, SpecSource
 
 __all__ = [
@@ -58,12 +59,13 @@ def state_path(state_dir: Path, target: str) -> Path:
 def read_state(state_dir: Path, target: str) -> StateFile | None:
     path = state_path(state_dir, target)
     try:
-        return StateFile.model_validate_json(path.read_bytes())
+        return StateFile.model_validate_json(read_regular(str(path), STATE_LIMIT))
     except FileNotFoundError:
         return None
     except (OSError, ValidationError, ValueError) as error:
+        why = error.kind if isinstance(error, NotRegular) else error.__class__.__name__
         raise ZtplanError(
-            f"{path}: unreadable state file ({error.__class__.__name__})",
+            f"{path}: unreadable state file ({why})",
             "move it aside; the next apply writes a new one",
         ) from None
 
@@ -76,7 +78,7 @@ def read_states(state_dir: Path) -> list[StateFile]:
         if path.name.endswith(".journal.json") or path.name.startswith("."):
             continue
         try:
-            out.append(StateFile.model_validate_json(path.read_bytes()))
+            out.append(StateFile.model_validate_json(read_regular(str(path), STATE_LIMIT)))
         except (OSError, ValidationError, ValueError):
             continue
     return out
