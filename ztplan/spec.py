@@ -1234,8 +1234,10 @@ def format_field(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
         elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_+-]*", str(part)):
             out += f".{part}" if out else str(part)
-        else:
+        elif str(part).isprintable():
             out += f'["{part}"]'
+        else:  # a key with a newline or U+2028 would break the one-line error
+            out += f"[{_clip(repr(str(part)))}]"
     return out
 
 
