@@ -11,7 +11,7 @@ import pytest
 
 from tests.unit.fake_host import FIXTURES, ReplayHost
 from ztplan.api import ApiClient
-from ztplan.errors import LiveReadError, ZtplanError
+from ztplan.errors import LiveReadError, SpecError, ZtplanError
 from ztplan.host import CommandResult
 from ztplan.importer import adopt_rules, import_spec
 from ztplan.normalise import SpecRule
@@ -222,6 +222,37 @@ def test_controller_networks_are_read_and_no_token_is_written() -> None:
             }
         ]
     }
+
+
+def test_a_live_network_that_validate_refuses_is_imported_with_its_problems_named() -> None:
+    """A controller holds what ztplan refuses (it never refuses them itself): a pool outside
+    every route, a route twice. The import is still written, as the network is, with each
+    problem in the header; `validate` then names the same lines, for the user to fix."""
+    network = {
+        "id": NWID,
+        "routes": [
+            {"target": "10.6.4.0/22", "via": None},
+            {"target": "10.6.4.0/22", "via": None},
+        ],
+        "ipAssignmentPools": [{"ipRangeStart": "10.9.0.1", "ipRangeEnd": "10.9.0.9"}],
+    }
+    with httpx.Client(
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, json=network))
+    ) as c:
+        api = ApiClient("http://ctl", {"X-ZT1-Auth": "s3cret"}, c, sleep=lambda s: None)
+        controller = Controller(kind="local", url="http://ctl", token_env="ZT_TOKEN")
+        text = import_spec(
+            ReplayHost(EMPTY_DUMPS), target="gw1", networks=[NWID], controller=controller, api=api
+        )
+    with pytest.raises(SpecError) as refused:
+        parse_spec(text, "imported.yaml")
+    problems = refused.value.lines()
+    assert len(problems) == 2
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    assert "# Fix before applying (the controller holds what ztplan refuses):" in header
+    for problem in problems:  # the same problems, at the same lines of the same text
+        assert f"#   line {problem.removeprefix('imported.yaml:')}" in header
+    assert "routes:" in text and "10.9.0.1" in text  # the network as it is
 
 
 def test_networks_need_a_controller_and_an_api() -> None:
