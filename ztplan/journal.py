@@ -90,11 +90,14 @@ class Journal(BaseModel):
     outcome: str | None = Field(default=None, description="How a confirm window ended.")
 
     def in_place(self) -> list[JournalStep]:
-        """The steps that may still be in effect: made and not rolled back, or stuck."""
+        """The steps that may still be in effect: made and not rolled back, stuck, or kept
+        on purpose."""
         return [
             s
             for s in self.steps
-            if (s.index in self.done and s.index not in self.undone) or s.index in self.stuck
+            if (s.index in self.done and s.index not in self.undone)
+            or s.index in self.stuck
+            or s.index in self.kept
         ]
 
     def summary(self) -> str:

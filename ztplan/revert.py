@@ -124,6 +124,12 @@ def confirm(state_dir: Path, target: str) -> Journal:
     """Keep the last apply: remove its journal before the reverter's deadline."""
     path = journal_path(state_dir, target)
     journal = read_journal(path)
+    if journal is not None and journal.outcome == "failed":
+        raise ZtplanError(
+            f"{target}: the apply failed, so there is nothing to confirm: "
+            + journal.summary().removeprefix(f"an apply of {target} "),
+            "ztplan plan says what it left in place; apply again",
+        )
     if journal is None or journal.confirm_by is None:
         done = read_outcome(state_dir, target)
         if done is not None:
@@ -158,7 +164,8 @@ def revert(
     def record(step: JournalStep, how: str, error: Exception | None) -> None:
         log_event(path, journal, how, step.index)
 
-    reverted, failed = undo_steps(steps, snapshots, host, providers, record)
+    boot = next((s for s in journal.steps if s.provider == "persist"), None)
+    reverted, failed = undo_steps(steps, snapshots, host, providers, record, boot)
     if not failed:
         state = state_path(state_dir, journal.target)
         if journal.previous_state is not None:

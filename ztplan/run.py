@@ -137,6 +137,7 @@ class Run:
         if (
             journal is not None
             and journal.confirm_by is not None
+            and journal.outcome is None  # "failed": it never reached its window
             and journal.confirm_by > time.time()
         ):
             left = int(journal.confirm_by - time.time())
