@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from ztplan.errors import LiveReadError
+from ztplan.files import STATE_LIMIT, read_regular
 from ztplan.host import NETNS_DIR, Host, LocalHost
 from ztplan.iptables import TABLES, Table, jump_target, parse_save
 
@@ -98,8 +99,8 @@ class KernelNormaliser:
             cache = self._cache_file(family)
             known: dict[str, Spelled] = {}
             try:
-                if cache is not None and cache.exists():
-                    data = json.loads(cache.read_text())
+                if cache is not None and cache.exists():  # bounded, never a FIFO's hang
+                    data = json.loads(read_regular(str(cache), STATE_LIMIT))
                     if isinstance(data, dict) and data.get("version") == CACHE_VERSION:
                         for key, (text, externals) in data.get("rules", {}).items():
                             known[str(key)] = (str(text), tuple(map(str, externals)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ def reverter_env(names: Sequence[str], environ: Mapping[str, str] = os.environ) 
 def arm_reverter(state_dir: Path, target: str, journal: Journal, env: Mapping[str, str]) -> int:
     """Start the detached reverter for `journal`; return its pid."""
     state_dir = state_dir.resolve()
-    log = open(state_dir / f"{target}.revert.log", "ab")  # noqa: SIM115 - the child's
+    log = _open_log(state_dir / f"{target}.revert.log")
     child = subprocess.Popen(
         [
             os.path.abspath(sys.executable),  # not realpath: a venv is found by its path
@@ -85,8 +86,26 @@ def arm_reverter(state_dir: Path, target: str, journal: Journal, env: Mapping[st
         cwd="/",
         env=dict(env),
     )
-    log.close()
+    if log != subprocess.DEVNULL:
+        os.close(log)
     return child.pid
+
+
+def _open_log(path: Path) -> int:
+    """The reverter's log, for appending; never a FIFO's blocking open or a followed link.
+    When it cannot be had, the reverter runs without one: the apply is already made, and
+    its revert matters more than its log."""
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW, 0o644
+        )
+    except OSError:
+        return subprocess.DEVNULL
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return subprocess.DEVNULL
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _outcome_path(state_dir: Path, target: str) -> Path:
