@@ -274,7 +274,13 @@ def _header(host: Host, when: datetime, notes: _Notes) -> str:
     if notes.invalid:
         lines += ["", "Fix before applying (the controller holds what ztplan refuses):"]
         lines += [f"  {line}" for line in notes.invalid]
-    return "".join(re.sub(r"[\x00-\x1f\x7f]", "?", f"# {x}").rstrip() + "\n" for x in lines) + "\n"
+    return "".join(_comment(x) for x in lines) + "\n"
+
+
+def _comment(text: str) -> str:
+    """One comment line of the header, whatever a live rule's comment holds: YAML also ends
+    a line at U+0085, U+2028 and U+2029, and text after them would be read as spec."""
+    return "".join(c if c.isprintable() else "?" for c in f"# {text}").rstrip() + "\n"
 
 
 def import_spec(
