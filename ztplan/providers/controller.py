@@ -181,8 +181,12 @@ class Controller:
         if spec.firewall is None:
             return []
         raw = snapshot.raw if isinstance(snapshot.raw, dict) else {}
-        families = [
-            f for f in ("ipv4", "ipv6") if getattr(spec.firewall, f) and not _clamps_mss(spec, f)
+        forwarding = {"ipv4": "net.ipv4.ip_forward", "ipv6": "net.ipv6.conf.all.forwarding"}
+        families = [  # forwarded: a firewall for it, or its forwarding turned on
+            f
+            for f, key in forwarding.items()
+            if (getattr(spec.firewall, f) or str(spec.sysctl.get(key)) == "1")
+            and not _clamps_mss(spec, f)
         ]
         findings = []
         for network in spec.networks:
