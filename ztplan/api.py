@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import email.utils
 import functools
+import math
 import os
 import re
 import sys
@@ -35,7 +36,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ApiClient", "NotFound", "RateLimit", "read_token", "shared_client", "shown_url"]
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 524})
+PROXY_TIMEOUTS = frozenset({502, 504, 524})
+"""A proxy's answers (bad gateway, gateway timeout, Cloudflare's timeout): the controller
+behind it may have the write, and store it after this answer."""
 
 ErrorWording = Callable[[int, str, bytes], "str | None"]
 """(status, "METHOD URL", body) -> what follows "answered N: " in the one-line error, worded
@@ -152,22 +156,28 @@ class ApiClient:
     clock: Callable[[], float] = field(default=time.monotonic)
     on_wait: Callable[[str], None] = field(default=_say_on_stderr)
     """Told of each pause, as one line: what it waits for, how long, which attempt."""
+    doubtful: set[str] = field(default_factory=set)
+    """Paths a write went to that, on some attempt, got no answer: a copy of it may still
+    be stored later, whatever a later attempt was told."""
     rate: RateLimit | None = None
     """The API's request budget, shared by the threads using this client (None: none)."""
 
-    def get(self, path: str) -> Any:
-        return self._request("GET", path, None)
+    def get(self, path: str, deadline: float | None = None) -> Any:
+        """GET `path`; `deadline` (seconds) bounds it below the client's own."""
+        return self._request("GET", path, None, deadline)
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self._request("POST", path, body)
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None, deadline: float | None = None
+    ) -> Any:
         import httpx
 
         url = self.base_url.rstrip("/") + path
         where = f"{method} {shown_url(url)}"
         problem = ""
-        end = self.clock() + self.deadline
+        end = self.clock() + min(self.deadline, deadline if deadline is not None else math.inf)
         unanswered = False  # sticky: a try with no answer may be stored even if a later one fails
         for attempt in range(1, self.attempts + 1):
             after: float | None = None
@@ -181,24 +191,35 @@ class ApiClient:
                     json=body,
                     timeout=self._timeout(end - self.clock()),
                 )
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+                problem = f"connection failed ({error.__class__.__name__})"  # nothing was sent
             except httpx.TimeoutException:
                 problem, unanswered = "timed out", True
-            except httpx.TransportError as error:
+            except (httpx.TransportError, httpx.DecodingError) as error:  # cut, bad encoding
                 problem, unanswered = f"connection failed ({error.__class__.__name__})", True
             else:
                 status = response.status_code
                 if status == 200:
                     try:
-                        return response.json()
+                        answer = response.json()
                     except (ValueError, RecursionError):  # cut, not UTF-8, nested 100,000 deep
                         problem, unanswered = "answered 200 with a body that is not JSON", True
+                    else:
+                        if unanswered and method != "GET":
+                            self.doubtful.add(path)
+                        return answer
                 elif status in RETRY_STATUSES:
+                    unanswered |= status in PROXY_TIMEOUTS
                     problem = f"answered {status}" + (" (rate limited)" if status == 429 else "")
                     after = _retry_after(response.headers.get("Retry-After"))
                 else:
                     refused = self._error(status, where, response.content)
                     refused.unanswered = unanswered
+                    if unanswered and method != "GET":
+                        self.doubtful.add(path)
                     raise refused
+            if unanswered and method != "GET":
+                self.doubtful.add(path)
             if attempt == self.attempts:
                 break
             self._pause(where, problem, attempt, after, end, unanswered)

@@ -62,10 +62,14 @@ FORWARDING = ("firewall", "sysctl", "ndppd")
 """What makes the gateway forward: kept in place while a route through it may be live."""
 
 
+Undone = Literal["undone", "stuck", "kept"]
+"""How undoing a step ended: undone; its rollback failed; kept on purpose (forwarding)."""
+
+
 class Reporter(Protocol):
     def step_started(self, step: JournalStep) -> None: ...
     def step_done(self, step: JournalStep) -> None: ...
-    def rolled_back(self, step: JournalStep, ok: bool) -> None: ...
+    def rolled_back(self, step: JournalStep, how: Undone) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -184,19 +188,18 @@ def claims_of(desired: Mapping[Address, JsonValue], ndppd_config: str | None) ->
     return claims
 
 
-Undone = Literal["undone", "stuck", "kept"]
-"""How undoing a step ended: undone; its rollback failed; kept on purpose (forwarding)."""
-
-
 def undo_steps(
     done: Sequence[JournalStep],
     snapshots: Mapping[str, Snapshot],
     host: Host,
     providers: Mapping[str, Provider],
     on_step: Callable[[JournalStep, Undone, Exception | None], None],
+    boot: JournalStep | None = None,
 ) -> tuple[list[str], list[str]]:
     """Undo `done`, newest first; (undone, not undone) step names. Once a controller step
-    cannot be undone, the steps that make the gateway forward are kept (module docstring)."""
+    cannot be undone, the steps that make the gateway forward are kept (module docstring),
+    and, when the plan had a `boot` step, what is kept is saved for boot: a reboot must not
+    bring back a gateway that does not forward while the route through it may be live."""
     undone: list[str] = []
     kept: list[str] = []
     route_may_be_live = False
@@ -214,6 +217,15 @@ def undo_steps(
         else:
             undone.append(step.name)
             on_step(step, "undone", None)
+    if route_may_be_live and boot is not None and boot.provider in providers:
+        try:
+            providers[boot.provider].apply(host, boot.changes, snapshots[boot.provider])
+        except Exception as error:
+            kept.append(f"{boot.name} (the kept forwarding is NOT saved for boot: {error})")
+            on_step(boot, "stuck", error)
+        else:
+            kept.append(f"{boot.name} (the kept forwarding saved for boot)")
+            on_step(boot, "kept", None)
     return undone, kept
 
 
@@ -276,17 +288,20 @@ def apply_plan(
     errors: dict[int, str] = {}
 
     def undone(step: JournalStep, how: Undone, error: Exception | None) -> None:
-        outcomes[step.index] = "rolled back" if how == "undone" else "not rolled back"
+        outcomes[step.index] = {"undone": "rolled back", "kept": "kept"}.get(how, "not rolled back")
         if error is not None:
             errors[step.index] = str(error)
         log_event(journal_file, journal, how, step.index)
-        reporter.rolled_back(step, how == "undone")
+        reporter.rolled_back(step, how)
 
     def failed(step: str, cause: str) -> ApplyFailed:
         _discard(preparing)  # the state stays as it was
-        rolled, not_rolled = undo_steps(made, snapshots, host, by_name, undone)
+        boot = next((s for s in planned if s.provider == "persist"), None)
+        rolled, not_rolled = undo_steps(made, snapshots, host, by_name, undone, boot)
         if not not_rolled:
             remove_journal(journal_file)  # all put back: nothing left to recover
+        elif confirm_by is not None:  # kept for the next plan; no reverter waits on it
+            log_event(journal_file, journal, "outcome", "failed")
         error = ApplyFailed(step, cause, rolled, not_rolled)
         error.steps = _outcomes(planned, outcomes, errors)
         return error

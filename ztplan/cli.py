@@ -668,7 +668,7 @@ def import_cmd(
     def body() -> int:
         from ztplan.run import import_host
 
-        text, adopted = import_host(
+        text, adopted, problems = import_host(
             netns=netns,
             target_name=target_name,
             networks=network or [],
@@ -688,6 +688,8 @@ def import_cmd(
 
             write_output(out, text)
             _err(f"Wrote {out}.\n")
+        if problems:
+            _err(f"Warning: {problems} problem(s) to fix before applying: see the header.\n")
         return 0
 
     _guard(False, body)

@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 import stat
 
-__all__ = ["NotRegular", "TooLarge", "read_regular"]
+__all__ = ["STATE_LIMIT", "NotRegular", "TooLarge", "read_regular"]
+
+STATE_LIMIT = 256 << 20
+"""The most ztplan reads of a file in its state dir (a state of 50,000 rules is ~10 MB):
+they are its own, but a FIFO or /dev/zero put in their place must not hang a run."""
 
 
 class NotRegular(OSError):

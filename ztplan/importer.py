@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from ztplan import iptables as fw
 from ztplan.address import Address
 from ztplan.api import ApiClient
-from ztplan.errors import LiveReadError, ZtplanError
+from ztplan.errors import LiveReadError, SpecError, ZtplanError
 from ztplan.gateway import dump_spec
 from ztplan.host import Host
 from ztplan.ndppd_conf import NdppdConfError, parse_ndppd_conf
@@ -42,7 +42,14 @@ from ztplan.providers.ndppd import rule_method
 from ztplan.providers.sysctl import key_path, normalise_value
 from ztplan.spec import CHAIN_RE, TABLES, Controller, Spec, parse_spec, rule_problem
 
-__all__ = ["FOREIGN_CHAINS", "FOREIGN_INTERFACES", "SYSCTLS", "adopt_rules", "import_spec"]
+__all__ = [
+    "FOREIGN_CHAINS",
+    "FOREIGN_INTERFACES",
+    "SYSCTLS",
+    "adopt_rules",
+    "import_spec",
+    "problems_of",
+]
 
 FOREIGN_CHAINS = {
     "Docker": r"DOCKER(-.+)?",
@@ -72,6 +79,8 @@ class _Notes:
     left_out: list[str] = field(default_factory=list)
     other: list[str] = field(default_factory=list)
     untagged: int = 0
+    invalid: list[str] = field(default_factory=list)
+    """What `validate` refuses in the spec as imported: `line N: field: why`."""
 
 
 def _owner(patterns: dict[str, str], name: str) -> str | None:
@@ -262,7 +271,16 @@ def _header(host: Host, when: datetime, notes: _Notes) -> str:
         lines += ["", "Left out (ztplan leaves them alone):", *(f"  {x}" for x in notes.left_out)]
     if notes.other:
         lines += ["", "Notes:", *(f"  {line}" for line in notes.other)]
-    return "".join(re.sub(r"[\x00-\x1f\x7f]", "?", f"# {x}").rstrip() + "\n" for x in lines) + "\n"
+    if notes.invalid:
+        lines += ["", "Fix before applying (the controller holds what ztplan refuses):"]
+        lines += [f"  {line}" for line in notes.invalid]
+    return "".join(_comment(x) for x in lines) + "\n"
+
+
+def _comment(text: str) -> str:
+    """One comment line of the header, whatever a live rule's comment holds: YAML also ends
+    a line at U+0085, U+2028 and U+2029, and text after them would be read as spec."""
+    return "".join(c if c.isprintable() else "?" for c in f"# {text}").rstrip() + "\n"
 
 
 def import_spec(
@@ -294,9 +312,26 @@ def import_spec(
     except ValidationError as error:  # a bug: import should have left it out
         where, why = ".".join(map(str, error.errors()[0]["loc"])), error.errors()[0]["msg"]
         raise ZtplanError(f"the live {where} cannot be written in a spec: {why}") from None
-    text = dump_spec(spec)
-    parse_spec(text, "imported spec")  # the checks `ztplan validate` makes; raises SpecError
-    return _header(host, datetime.now(UTC), notes) + text
+    text, when = dump_spec(spec), datetime.now(UTC)
+    notes.invalid = problems_of(text)
+    if notes.invalid:  # written all the same, as the controller holds it; each problem at
+        # its line of the final text (the header is comments: it moves lines, nothing else)
+        notes.invalid = problems_of(_header(host, when, notes) + text)
+    return _header(host, when, notes) + text
+
+
+def problems_of(text: str) -> list[str]:
+    """What `ztplan validate` refuses in an imported spec, as `line N: field: why`: only
+    what a controller holds and ztplan refuses (a pool outside every route, say), since
+    the model accepted the rest when it was imported."""
+    try:
+        parse_spec(text, "")
+    except SpecError as error:
+        return [
+            f"line {e.line}: {e.field}: {e.expected}" if e.line else f"{e.field}: {e.expected}"
+            for e in [error, *error.also]
+        ]
+    return []
 
 
 def adopt_rules(host: Host, spec: Spec, normalise: Normaliser | None = None) -> list[Address]:

@@ -33,6 +33,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ztplan.errors import ZtplanError
+from ztplan.files import STATE_LIMIT, NotRegular, read_regular
 from ztplan.model import Change
 from ztplan.state import write_atomic
 
@@ -90,11 +92,14 @@ class Journal(BaseModel):
     outcome: str | None = Field(default=None, description="How a confirm window ended.")
 
     def in_place(self) -> list[JournalStep]:
-        """The steps that may still be in effect: made and not rolled back, or stuck."""
+        """The steps that may still be in effect: made and not rolled back, stuck, or kept
+        on purpose."""
         return [
             s
             for s in self.steps
-            if (s.index in self.done and s.index not in self.undone) or s.index in self.stuck
+            if (s.index in self.done and s.index not in self.undone)
+            or s.index in self.stuck
+            or s.index in self.kept
         ]
 
     def summary(self) -> str:
@@ -128,15 +133,22 @@ def _log(path: Path) -> Path:
 
 def read_journal(path: Path) -> Journal | None:
     try:
-        journal = Journal.model_validate_json(path.read_bytes())
+        journal = Journal.model_validate_json(read_regular(str(path), STATE_LIMIT))
     except FileNotFoundError:
         return None
     except (OSError, ValidationError, ValueError):
         return None  # torn, foreign or of another version: nothing can be resumed from it
     try:
-        lines = _log(path).read_text().split("\n")
+        lines = read_regular(str(_log(path)), STATE_LIMIT).decode(errors="replace").split("\n")
     except FileNotFoundError:
         lines = []
+    except OSError as error:  # what was done is unknown: say so, never guess "nothing"
+        why = error.kind if isinstance(error, NotRegular) else error.__class__.__name__
+        raise ZtplanError(
+            f"{_log(path)}: unreadable journal log ({why})",
+            "it records which steps of an unfinished apply were done: restore it from a "
+            "backup, or move both journal files aside once the gateway is checked by hand",
+        ) from None
     for line in lines:  # a torn last line has no newline and is ignored by the split below
         run, _, event = line.partition(" ")
         kind, _, value = event.partition(" ")

@@ -341,7 +341,9 @@ class StepOutcome(_Frozen):
     provider: str
     phase: str
     changes: int = Field(description="How many changes the step holds.")
-    status: Literal["done", "failed", "rolled back", "not rolled back", "not run"]
+    status: Literal["done", "failed", "rolled back", "not rolled back", "kept", "not run"]
+    """`kept`: left in place on purpose by a rollback (forwarding, while a route through
+    this gateway may be live on the controller)."""
     error: str | None = None
 
 

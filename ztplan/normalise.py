@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ztplan.errors import LiveReadError
+from ztplan.files import STATE_LIMIT, read_regular
 from ztplan.host import NETNS_DIR, Host, LocalHost
 from ztplan.iptables import TABLES, Table, jump_target, parse_save
 
@@ -107,8 +108,8 @@ class KernelNormaliser:
             spelled: Any = {}
             externals: Any = {}
             try:
-                if cache is not None and cache.exists():
-                    data = json.loads(cache.read_bytes())
+                if cache is not None and cache.exists():  # bounded, never a FIFO's hang
+                    data = json.loads(read_regular(str(cache), STATE_LIMIT))
                     if isinstance(data, dict) and data.get("version") == CACHE_VERSION:
                         spelled = data.get("rules", {})
                         externals = data.get("externals", {})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from ztplan.apply import undo_steps
 from ztplan.errors import ZtplanError
+from ztplan.files import STATE_LIMIT, read_regular
 from ztplan.host import Host
 from ztplan.journal import Journal, JournalStep, journal_path, read_journal, remove_journal
 from ztplan.model import Snapshot
@@ -61,7 +63,7 @@ def reverter_env(names: Sequence[str], environ: Mapping[str, str] = os.environ) 
 def arm_reverter(state_dir: Path, target: str, journal: Journal, env: Mapping[str, str]) -> int:
     """Start the detached reverter for `journal`; return its pid."""
     state_dir = state_dir.resolve()
-    log = open(state_dir / f"{target}.revert.log", "ab")  # noqa: SIM115 - the child's
+    log = _open_log(state_dir / f"{target}.revert.log")
     child = subprocess.Popen(
         [
             os.path.abspath(sys.executable),  # not realpath: a venv is found by its path
@@ -84,8 +86,26 @@ def arm_reverter(state_dir: Path, target: str, journal: Journal, env: Mapping[st
         cwd="/",
         env=dict(env),
     )
-    log.close()
+    if log != subprocess.DEVNULL:
+        os.close(log)
     return child.pid
+
+
+def _open_log(path: Path) -> int:
+    """The reverter's log, for appending; never a FIFO's blocking open or a followed link.
+    When it cannot be had, the reverter runs without one: the apply is already made, and
+    its revert matters more than its log."""
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW, 0o644
+        )
+    except OSError:
+        return subprocess.DEVNULL
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return subprocess.DEVNULL
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _outcome_path(state_dir: Path, target: str) -> Path:
@@ -95,7 +115,7 @@ def _outcome_path(state_dir: Path, target: str) -> Path:
 def read_outcome(state_dir: Path, target: str) -> dict[str, str] | None:
     """How the last confirm window of `target` ended, if it was reverted."""
     try:
-        data = json.loads(_outcome_path(state_dir, target).read_text())
+        data = json.loads(read_regular(str(_outcome_path(state_dir, target)), STATE_LIMIT))
     except (OSError, ValueError):
         return None
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
@@ -123,6 +143,12 @@ def confirm(state_dir: Path, target: str) -> Journal:
     """Keep the last apply: remove its journal before the reverter's deadline."""
     path = journal_path(state_dir, target)
     journal = read_journal(path)
+    if journal is not None and journal.outcome == "failed":
+        raise ZtplanError(
+            f"{target}: the apply failed, so there is nothing to confirm: "
+            + journal.summary().removeprefix(f"an apply of {target} "),
+            "ztplan plan says what it left in place; apply again",
+        )
     if journal is None or journal.confirm_by is None:
         done = read_outcome(state_dir, target)
         if done is not None:
@@ -157,7 +183,8 @@ def revert(
     def record(step: JournalStep, how: str, error: Exception | None) -> None:
         log_event(path, journal, how, step.index)
 
-    reverted, failed = undo_steps(steps, snapshots, host, providers, record)
+    boot = next((s for s in journal.steps if s.provider == "persist"), None)
+    reverted, failed = undo_steps(steps, snapshots, host, providers, record, boot)
     if not failed:
         state = state_path(state_dir, journal.target)
         if journal.previous_state is not None:

@@ -139,6 +139,7 @@ class Run:
         if (
             journal is not None
             and journal.confirm_by is not None
+            and journal.outcome is None  # "failed": it never reached its window
             and journal.confirm_by > time.time()
         ):
             left = int(journal.confirm_by - time.time())
@@ -618,14 +619,14 @@ def import_host(
     state_dir: Path,
     lock_timeout: float,
     env: Mapping[str, str] | None = None,
-) -> tuple[str, int]:
+) -> tuple[str, int, int]:
     """The spec of a gateway configured by hand; with `adopt`, its rules moved into the
-    target's own chains. (spec text, rules adopted)."""
+    target's own chains. (spec text, rules adopted, problems its header asks to fix)."""
     import socket
 
     from pydantic import ValidationError
 
-    from ztplan.importer import adopt_rules, import_spec
+    from ztplan.importer import adopt_rules, import_spec, problems_of
     from ztplan.spec import Controller, parse_spec
 
     host = local_host(netns)
@@ -648,7 +649,7 @@ def import_host(
         )
         api = controller_client(bare, shared_client(), (env or os.environ).get(CONTROLLER_URL_ENV))
 
-    def read() -> str:
+    def read(networks: Sequence[str] = networks) -> str:
         return import_spec(
             host,
             target=name,
@@ -666,10 +667,12 @@ def import_host(
         from ztplan.normalise import KernelNormaliser
 
         with locked(lock_path(state_dir, name), "import", lock_timeout):
-            spec = parse_spec(text, "imported spec")
+            # Only the rules are adopted: a network the controller holds in a shape ztplan
+            # refuses (named in the header) does not stop it.
+            spec = parse_spec(read(networks=()), "imported spec")
             adopted = len(adopt_rules(host, spec, KernelNormaliser(cache_dir=state_dir / "cache")))
             text = read()  # again: the header no longer counts them as not ztplan's
-    return text, adopted
+    return text, adopted, len(problems_of(text))
 
 
 def check_drift(options: Options, lock_timeout: float) -> tuple[DriftReport, StateFile | None]:

@@ -3,8 +3,10 @@ and a controller emulator (ZeroTier Central, the self-hosted controller and the 
 service, on 127.0.0.1) that already has the example network.
 
     ztplan-sandbox (the gateway)          ztplan-sandbox-peer (the world)
-      eth0 198.51.100.7/24  <--- veth --->  wan0 198.51.100.1/24   (the Internet side)
+      eth0 198.51.100.7/24  <--- veth --->  wan0 198.51.100.1/24   (the Internet side:
+                                                                    the default route)
       zt0  10.6.6.2/22      <--- veth --->  ztm0 10.6.6.3/22       (a ZeroTier member)
+           2001:19f0:6001:1a6::2/80          2001:19f0:6001:1a6::3/80
 
 Built with pyroute2 (veth pairs: this kernel has no `dummy` links). The host's own
 namespace is never touched. `ztplan sandbox env` prints the variables that point ztplan at
@@ -34,8 +36,13 @@ LINKS = (
         ("eth0", ["198.51.100.7/24", "2001:db8:100::7/64"]),
         ("wan0", ["198.51.100.1/24", "2001:db8:100::1/64"]),
     ),
-    (("zt0", ["10.6.6.2/22"]), ("ztm0", ["10.6.6.3/22"])),
+    (
+        ("zt0", ["10.6.6.2/22", "2001:19f0:6001:1a6::2/80"]),
+        ("ztm0", ["10.6.6.3/22", "2001:19f0:6001:1a6::3/80"]),
+    ),
 )
+UPSTREAM = ("198.51.100.1", "2001:db8:100::1")
+"""The gateway's default routes, as a VPS has them: verification copies them."""
 
 
 RUN_DIR = Path("/run/ztplan-sandbox")
@@ -180,6 +187,8 @@ def sandbox_up() -> str:
             for ns in (gw, peer):
                 (lo,) = ns.link_lookup(ifname="lo")
                 ns.link("set", index=lo, state="up")
+            for via in UPSTREAM:
+                gw.route("add", dst="default", gateway=via, family=10 if ":" in via else 2)
         if _emulator_pid() is None:
             _start_emulator()
         _start_ndppd()

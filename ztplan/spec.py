@@ -838,8 +838,9 @@ class GatewayIPv6(_Model):
 class Gateway(_Model):
     """The `gateway:` shorthand: the guide's exit gateway for one network as one declaration,
     expanded into ordinary resources (networks, firewall, sysctl, ndppd; `ztplan validate
-    --expand` prints them). A resource also written out elsewhere in the spec is an error,
-    never a silent merge."""
+    --expand` prints them). A resource also written out elsewhere in the spec with another
+    value is an error, never a silent merge; a sysctl written out with the value the
+    shorthand gives it is the one exception."""
 
     network: NetworkId = Field(
         description="The ZeroTier network this gateway serves (16 lowercase hex digits). Its "
@@ -996,6 +997,27 @@ def _check_sysctl_value(value: Any) -> Any:
     if isinstance(value, str) and len(value) > 4096:
         raise ValueError("a value of at most 4096 characters (the kernel reads one page)")
     return value
+
+
+_NUMERIC_LEAVES = frozenset(
+    "ip_forward forwarding rp_filter proxy_arp proxy_ndp accept_ra accept_redirects "
+    "secure_redirects send_redirects accept_source_route log_martians disable_ipv6 autoconf "
+    "accept_dad arp_ignore arp_announce arp_filter bc_forwarding src_valid_mark "
+    "route_localnet ip_nonlocal_bind tcp_syncookies tcp_mtu_probing ip_no_pmtu_disc "
+    "accept_local hop_limit mtu ip_default_ttl".split()
+)
+"""sysctl keys (by their last name) whose value the kernel reads as a number: a word there
+(`"yes"`, quoted, so not YAML's true) is refused now, not by the kernel at apply."""
+
+
+def _sysctl_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
+    return [
+        (("sysctl", key), f"a number ({key.rsplit('.', 1)[-1]} takes one), got {_shown(value)}")
+        for key, value in spec.sysctl.items()
+        if isinstance(value, str)
+        and key.replace("/", ".").rsplit(".", 1)[-1] in _NUMERIC_LEAVES
+        and not re.fullmatch(r"\s*-?\d+\s*", value)
+    ]
 
 
 SysctlKey = Annotated[str, AfterValidator(_check_sysctl_key)]
@@ -1247,8 +1269,10 @@ def format_field(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
         elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_+-]*", str(part)):
             out += f".{part}" if out else str(part)
-        else:
+        elif str(part).isprintable():
             out += f'["{part}"]'
+        else:  # a key with a newline or U+2028 would break the one-line error
+            out += f"[{_clip(repr(str(part)))}]"
     return out
 
 
@@ -1498,7 +1522,23 @@ def _semantic_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
                                 "not a chain)",
                             )
                         )
-    return problems + _network_problems(spec) + _secret_problems(spec)
+    problems += _network_problems(spec) + _secret_problems(spec) + _member_problems(spec)
+    return problems + _sysctl_problems(spec)
+
+
+def _member_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
+    """allow_default on two networks: a member sends its default route through one gateway
+    only (the plan says so too, with the live flags; this needs none)."""
+    networks = spec.member.networks if spec.member else []
+    on = [i for i, n in enumerate(networks) if n.allow_default]
+    return [
+        (
+            ("member", "networks", i, "allow_default"),
+            f"true on one network only: networks[{on[0]}] ({networks[on[0]].id}) has it too, "
+            "and a member sends its default route through one gateway",
+        )
+        for i in on[1:]
+    ]
 
 
 def _network_problems(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraint
 from ztplan import __version__
 from ztplan.address import PATTERN as ADDRESS_PATTERN
 from ztplan.errors import ZtplanError
+from ztplan.files import STATE_LIMIT, NotRegular, read_regular
 from ztplan.model import Address, SpecSource
 
 __all__ = [
@@ -66,7 +67,7 @@ class StateFile(BaseModel):
         """The file's text: read again when the resources were not kept (a run reads it
         under the target's lock, so it is the file checked), else this state written."""
         if self._path is not None:
-            return self._path.read_text()
+            return read_regular(str(self._path), STATE_LIMIT).decode()
         return self.model_dump_json(indent=2) + "\n"
 
 
@@ -87,15 +88,16 @@ def read_state(state_dir: Path, target: str, resources: bool = True) -> StateFil
     and 0.05 s more): the state has none; `text` and `resources_of` read the file again."""
     path = state_path(state_dir, target)
     try:
-        data = path.read_bytes()
+        data = read_regular(str(path), STATE_LIMIT)  # bounded, never a FIFO's hang
         if resources:
             return StateFile.model_validate_json(data)
         checked = _Checked.model_validate_json(data)
     except FileNotFoundError:
         return None
     except (OSError, ValidationError, ValueError) as error:
+        why = error.kind if isinstance(error, NotRegular) else error.__class__.__name__
         raise ZtplanError(
-            f"{path}: unreadable state file ({error.__class__.__name__})",
+            f"{path}: unreadable state file ({why})",
             "move it aside; the next apply writes a new one",
         ) from None
     fields = {name: getattr(checked, name) for name in StateFile.model_fields}
@@ -110,7 +112,8 @@ def resources_of(state: StateFile) -> dict[Address, str]:
     if state._path is None:
         return dict(state.resources)
     try:
-        return dict(StateFile.model_validate_json(state._path.read_bytes()).resources)
+        data = read_regular(str(state._path), STATE_LIMIT)
+        return dict(StateFile.model_validate_json(data).resources)
     except (OSError, ValidationError, ValueError) as error:
         raise ZtplanError(
             f"{state._path}: unreadable state file ({error.__class__.__name__})"

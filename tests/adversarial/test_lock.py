@@ -17,6 +17,7 @@ import pytest
 
 from tests.adversarial.cli import BARE_SPEC, one_error_line, ztplan
 from ztplan.errors import LockError, LockHeld
+from ztplan.journal import Journal
 from ztplan.lock import (
     boot_id,
     force_unlock,
@@ -299,3 +300,34 @@ def test_read_only_and_full_state_dirs_without_root(
             pass
         assert words in str(caught.value)
         assert read_lock(path) is None
+
+
+@pytest.mark.parametrize("name", ["gw1.json", "gw1.journal.log", "gw1.reverted.json"])
+def test_a_fifo_among_the_state_files_does_not_hang(tmp_path: Path, spec: Path, name: str) -> None:
+    """State, journal and revert outcome are ztplan's own files, but one replaced by a FIFO
+    hung every later run (`read_bytes` waits for a writer): each is read as a bounded
+    regular file, and a run that needs it stops with one line naming it."""
+    state = tmp_path / "state"
+    state.mkdir()
+    if name == "gw1.journal.log":  # the log is read only beside a journal
+        (state / "gw1.journal.json").write_text(
+            Journal(
+                target="gw1", spec_file="gw.yaml", spec_text=BARE_SPEC, snapshots={}, steps=[]
+            ).model_dump_json()
+        )
+    os.mkfifo(state / name)
+    done = ztplan("plan", str(spec), cwd=tmp_path, timeout=30)
+    if name == "gw1.reverted.json":  # only `confirm` and the next plan read it: a note, or none
+        assert done.returncode == 0, done.stderr
+        return
+    why = "a FIFO"
+    assert one_error_line(done) == (
+        f"Error: {state / name}: unreadable {'state file' if name == 'gw1.json' else 'journal log'}"
+        f" ({why})"
+        + (
+            " (move it aside; the next apply writes a new one)"
+            if name == "gw1.json"
+            else " (it records which steps of an unfinished apply were done: restore it from a "
+            "backup, or move both journal files aside once the gateway is checked by hand)"
+        )
+    )

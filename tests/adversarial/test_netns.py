@@ -147,3 +147,37 @@ def test_plan_in_a_namespace_refuses_a_host_wide_key_in_one_line(
         f"Error: sysctl: kernel.hostname: not isolated by the network namespace {netns}"
     )
     assert Path("/proc/sys/kernel/hostname").read_text().strip() != "pwned"
+
+
+@needs_netns
+def test_a_scratch_namespace_left_by_a_killed_run_is_removed_by_the_next(
+    tmp_path: Path,
+) -> None:
+    """A ztplan killed while it normalised left `ztplan-scratch-<pid>-...` behind (one was
+    found after the crash runs). The next run that normalises removes those whose process
+    is gone, and only those: a live run's scratch namespace stays."""
+    import subprocess
+
+    from ztplan.normalise import SCRATCH
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    names = [f"{SCRATCH}{gone.pid}-dead00", f"{SCRATCH}{alive.pid}-live00"]
+    try:
+        for name in names:
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        (tmp_path / "gw.yaml").write_text(
+            "version: 1\ntarget: {name: gw1}\n"
+            "firewall:\n  ipv4:\n    filter:\n      FORWARD: ['-i zt+ -s 10.6.4.0/22 -j ACCEPT']\n"
+        )
+        done = ztplan("validate", "gw.yaml", cwd=tmp_path)  # the kernel checks the rule
+        assert done.returncode == 0, done.stderr
+        left = os.listdir("/run/netns")
+        assert names[0] not in left
+        assert names[1] in left
+    finally:
+        alive.kill()
+        alive.wait()
+        for name in names:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)

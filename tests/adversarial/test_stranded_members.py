@@ -102,6 +102,10 @@ def test_a_post_that_lands_after_its_timeout_leaves_the_gateway_forwarding(
     assert any("SNAT" in r for r in rules_of(netns, "ipv4", "nat"))
     journal = read_journal(journal_path(state_dir, "gw"))
     assert journal is not None and journal.stuck  # kept for the next run to explain
+    assert sorted(s.name for s in journal.steps if s.index in journal.kept) == [
+        "firewall (protect)",
+        "sysctl (forward)",
+    ]
     assert "its rollback FAILED for controller (announce)" in journal.summary()
     assert [s.name for s in journal.in_place()] == [
         "firewall (protect)",

@@ -202,3 +202,47 @@ def test_without_adoption_the_plan_shows_only_the_own_chains_as_creates(
     assert f'firewall.ipv6.filter.FORWARD.foreign["-s {PREFIX} -i zt+ -j ACCEPT"]' in (
         plan.unmanaged
     )
+
+
+def test_a_network_validate_refuses_is_imported_adopted_and_named_on_stderr(
+    gateway: Gateway,
+) -> None:
+    """The controller holds a pool outside every route (it never refuses one): `import
+    --adopt` still adopts the rules and writes the network as it is, names the problem at
+    its line in the header, and says on stderr that there is something to fix."""
+    gateway.emulator.add_network(
+        NWID,
+        routes=[{"target": "10.6.4.0/22", "via": None}],
+        ipAssignmentPools=[{"ipRangeStart": "10.9.0.1", "ipRangeEnd": "10.9.0.9"}],
+    )
+    out = gateway.tmp / "imported.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "ztplan", "import", "--netns", gateway.netns, "--network", NWID]
+        + ["--controller-kind", "local", "--controller-url", gateway.emulator.url]
+        + ["--token-env", TOKEN_ENV, "--ndppd-config", str(gateway.config)]
+        + ["--ndppd-pidfile", str(gateway.pidfile), "--target-name", "gw1", "--adopt"]
+        + ["-o", str(out), "--state-dir", str(gateway.tmp / "state")],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "Adopted 5 rule(s): moved into ztplan's own chains.",
+        f"Wrote {out}.",
+        "Warning: 1 problem(s) to fix before applying: see the header.",
+    ]
+    text = out.read_text()
+    line = text.splitlines().index("  - start: 10.9.0.1") + 1
+    assert (
+        f"#   line {line}: networks[0].ip_pools[0]: a range inside one of the network's on-link "
+        "routes (without via: 10.6.4.0/22); the controller assigns no address from "
+        "10.9.0.1-10.9.0.9"
+    ) in text.splitlines()
+    assert f"-A ZT-gw1.FORWARD -s {PREFIX} -i zt+ -j ACCEPT" in rules_of(
+        gateway.netns, "ipv6", "filter"
+    )
+    validate = subprocess.run(
+        [sys.executable, "-m", "ztplan", "validate", str(out)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert validate.returncode == 1
+    assert f"{out}:{line}: networks[0].ip_pools[0]: a range inside" in validate.stderr

@@ -23,11 +23,11 @@ FIX = (
 )
 
 
-def messages(network: str, firewall: str | None, live: Any = 2800) -> list[str]:
+def messages(network: str, firewall: str | None, live: Any = 2800, sysctl: str = "") -> list[str]:
     text = (
         "version: 1\ntarget: {name: gw}\ncontroller: {kind: central-v2}\n"
         f"networks:\n  - {{id: '{NWID}'{network}}}\n"
-    )
+    ) + (f"sysctl: {{{sysctl}}}\n" if sysctl else "")
     if firewall is not None:
         text += f"firewall:\n{firewall}"
     with httpx.Client() as client:  # check() only reads the snapshot: never used
@@ -71,6 +71,12 @@ def test_each_family_needs_its_own_clamp() -> None:
     (message,) = messages(", mtu: 2800", firewall)
     assert message.startswith("MTU 2800 is more than a 1500-byte WAN link carries, and no TCPMSS")
     assert "no TCPMSS rule in mangle clamps ipv6 TCP" in message
+
+
+def test_a_family_forwarded_without_a_firewall_of_its_own_is_named_too() -> None:
+    """The guide's step 5: IPv6 forwarding turned on, only an IPv4 firewall written."""
+    (message,) = messages("", f"  ipv4:\n    {NAT}\n", sysctl="net.ipv6.conf.all.forwarding: 1")
+    assert "no TCPMSS rule in mangle clamps ipv4 and ipv6 TCP" in message
 
 
 def test_an_unknown_live_mtu_is_no_warning() -> None:

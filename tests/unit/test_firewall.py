@@ -293,6 +293,50 @@ def test_a_jump_to_a_chain_nowhere_is_a_plan_error_naming_the_line() -> None:
     ]
 
 
+def open_router_findings(firewall_yaml: str, sysctl: str, v6_policy: str = "ACCEPT") -> list[str]:
+    """The open-router warnings' addresses, against a host whose FORWARD policies are
+    ACCEPT (IPv4) and `v6_policy` (IPv6)."""
+    spec = parse_spec(
+        f"version: 1\ntarget: {{name: gw1}}\nsysctl: {{{sysctl}}}\nfirewall:\n{firewall_yaml}",
+        "gw.yaml",
+    )
+    firewall = firewall_for(spec)
+    firewall.desired(spec)
+    v6 = dump().replace(":FORWARD ACCEPT", f":FORWARD {v6_policy}")
+    host = ReplayHost({("iptables-save",): dump(), ("ip6tables-save",): v6})
+    return [
+        str(f.address)
+        for f in firewall.check(spec, firewall.read(host))
+        if "FORWARD policy ACCEPT" in f.message
+    ]
+
+
+NAT = "  ipv4:\n    nat:\n      POSTROUTING: ['-s 10.6.4.0/22 -j MASQUERADE']\n"
+
+
+@pytest.mark.parametrize(
+    ("firewall_yaml", "sysctl", "v6_policy", "warned"),
+    [
+        (NAT, "net.ipv4.ip_forward: 1", "ACCEPT", ["firewall.ipv4.filter.policy.FORWARD"]),
+        (NAT + "    filter:\n      policy: {FORWARD: DROP}\n", "net.ipv4.ip_forward: 1",
+         "ACCEPT", []),
+        (NAT + "    filter:\n      FORWARD: ['-j DROP']\n", "net.ipv4.ip_forward: 1", "ACCEPT",
+         []),
+        (NAT, "net.ipv4.ip_forward: 0", "ACCEPT", []),
+        (NAT, "net.ipv6.conf.all.forwarding: 1", "ACCEPT", ["firewall.ipv6.filter.policy.FORWARD"]),
+        (NAT, "net.ipv6.conf.all.forwarding: 1", "DROP", []),  # the live policy closes it
+        ("  ipv6:\n    filter:\n      policy: {FORWARD: DROP}\n",
+         "net.ipv6.conf.all.forwarding: 1", "ACCEPT", []),
+    ],
+)  # fmt: skip
+def test_forwarding_with_forward_policy_accept_is_an_open_router_warning(
+    firewall_yaml: str, sysctl: str, v6_policy: str, warned: list[str]
+) -> None:
+    """IPv4 with NAT: the WAN side routes into the ZeroTier network. IPv6 (guide step 5
+    written out, no firewall for it): the members' routed addresses are open to all."""
+    assert open_router_findings(firewall_yaml, sysctl, v6_policy) == warned
+
+
 # --- apply: the exact restore input -----------------------------------------------------
 
 

@@ -4,6 +4,7 @@ imported spec out; the imported spec in, the exact adoption transaction out."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 
 from tests.unit.fake_host import FIXTURES, ReplayHost
 from ztplan.api import ApiClient
-from ztplan.errors import LiveReadError, ZtplanError
+from ztplan.errors import LiveReadError, SpecError, ZtplanError
 from ztplan.host import CommandResult
 from ztplan.importer import adopt_rules, import_spec
 from ztplan.normalise import SpecRule
@@ -224,6 +225,37 @@ def test_controller_networks_are_read_and_no_token_is_written() -> None:
     }
 
 
+def test_a_live_network_that_validate_refuses_is_imported_with_its_problems_named() -> None:
+    """A controller holds what ztplan refuses (it never refuses them itself): a pool outside
+    every route, a route twice. The import is still written, as the network is, with each
+    problem in the header; `validate` then names the same lines, for the user to fix."""
+    network = {
+        "id": NWID,
+        "routes": [
+            {"target": "10.6.4.0/22", "via": None},
+            {"target": "10.6.4.0/22", "via": None},
+        ],
+        "ipAssignmentPools": [{"ipRangeStart": "10.9.0.1", "ipRangeEnd": "10.9.0.9"}],
+    }
+    with httpx.Client(
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, json=network))
+    ) as c:
+        api = ApiClient("http://ctl", {"X-ZT1-Auth": "s3cret"}, c, sleep=lambda s: None)
+        controller = Controller(kind="local", url="http://ctl", token_env="ZT_TOKEN")
+        text = import_spec(
+            ReplayHost(EMPTY_DUMPS), target="gw1", networks=[NWID], controller=controller, api=api
+        )
+    with pytest.raises(SpecError) as refused:
+        parse_spec(text, "imported.yaml")
+    problems = refused.value.lines()
+    assert len(problems) == 2
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    assert "# Fix before applying (the controller holds what ztplan refuses):" in header
+    for problem in problems:  # the same problems, at the same lines of the same text
+        assert f"#   line {problem.removeprefix('imported.yaml:')}" in header
+    assert "routes:" in text and "10.9.0.1" in text  # the network as it is
+
+
 def test_networks_need_a_controller_and_an_api() -> None:
     with pytest.raises(ZtplanError, match="need their controller"):
         import_spec(ReplayHost(EMPTY_DUMPS), target="gw1", networks=[NWID])
@@ -344,3 +376,53 @@ def test_a_failing_adoption_says_nothing_was_adopted() -> None:
     )
     with pytest.raises(LiveReadError, match="line 2 failed; none adopted"):
         adopt_rules(host, spec, as_written)
+
+
+REFUSED = {
+    "id": NWID,
+    "routes": [{"target": "10.6.4.0/22", "via": None}, {"target": "10.6.4.0/22", "via": None}],
+    "ipAssignmentPools": [{"ipRangeStart": "10.9.0.1", "ipRangeEnd": "10.9.0.9"}],
+}
+
+
+def imported_with(comment: str, network: Mapping[str, object] = REFUSED) -> str:
+    """The import of a host with one left-out rule commented `comment`, and `network`."""
+    v4 = (
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        f'-A INPUT -m comment --comment "{comment}" -j ACCEPT\nCOMMIT\n'
+    )
+    host = ReplayHost(dumps(v4))
+    answer = httpx.MockTransport(lambda r: httpx.Response(200, json=dict(network)))
+    with httpx.Client(transport=answer) as client:
+        api = ApiClient("http://ctl", {"X-ZT1-Auth": "s3cret"}, client, sleep=lambda s: None)
+        controller = Controller(kind="local", url="http://ctl", token_env="ZT_TOKEN")
+        return import_spec(host, target="gw1", networks=[NWID], controller=controller, api=api)
+
+
+@pytest.mark.parametrize("comment", ["plain", "x" * 200, "a\u2028b", "a\x85b", "a\u2029b"])
+def test_each_line_the_header_names_is_the_line_validate_names(comment: str) -> None:
+    """Whatever a left-out rule's comment holds (YAML also ends lines at U+0085, U+2028,
+    U+2029), `line N` in the header is the line validate and an editor show."""
+    text = imported_with(comment)
+    said = sorted(
+        int(m.group(1)) for line in text.split("\n") if (m := re.match(r"#   line (\d+):", line))
+    )
+    with pytest.raises(SpecError) as refused:
+        parse_spec(text, "imported.yaml")
+    assert said == sorted(int(line.split(":")[1]) for line in refused.value.lines())
+    assert len(said) == 2
+    for n in said:
+        assert "10." in text.split("\n")[n - 1], (n, text.split("\n")[n - 1])
+
+
+def test_a_live_rule_comment_cannot_put_spec_content_in_the_header() -> None:
+    """Text after a U+2028 in a left-out rule's comment was read as spec, though an editor
+    and grep show it on a `#` line."""
+    clean = {
+        "id": NWID,
+        "routes": [{"target": "10.6.4.0/22", "via": None}],
+        "ipAssignmentPools": [{"ipRangeStart": "10.6.4.1", "ipRangeEnd": "10.6.4.9"}],
+    }
+    text = imported_with("x\u2028persist: redhat\u2028#", clean)
+    assert all(line.startswith("#") for line in text.split("\n") if "persist" in line)
+    assert parse_spec(text, "imported.yaml").persist == "none"

@@ -429,6 +429,39 @@ def test_format_field(loc: tuple[str | int, ...], field: str) -> None:
     assert format_field(loc) == field
 
 
+def test_allow_default_on_two_networks_is_refused_at_validate() -> None:
+    """A member sends its default route through one gateway: the plan said so with the
+    live flags; validate says so from the spec alone, naming each extra network."""
+    text = HEAD + (
+        "member:\n  networks:\n"
+        '    - {id: "8056c2e21c000001", allow_default: true}\n'
+        '    - {id: "8056c2e21c000002", allow_default: false}\n'
+        '    - {id: "8056c2e21c000003", allow_default: true}\n'
+    )
+    assert error_of(text).lines() == [
+        f"{FILE}:7: member.networks[2].allow_default: true on one network only: networks[0] "
+        "(8056c2e21c000001) has it too, and a member sends its default route through one "
+        "gateway"
+    ]
+
+
+@pytest.mark.parametrize("value", ['"yes"', '"on"', '"1 2"'])
+def test_a_word_for_a_numeric_sysctl_is_refused_at_validate(value: str) -> None:
+    """`ip_forward: "yes"` planned `"0" -> "yes"` and failed at apply (EINVAL)."""
+    assert str(error_of(HEAD + f"sysctl:\n  net.ipv4.ip_forward: {value}\n")) == (
+        f'{FILE}:4: sysctl["net.ipv4.ip_forward"]: a number (ip_forward takes one), got '
+        + value.replace('"', "'")
+    )
+
+
+def test_a_numeric_sysctl_written_as_a_string_and_other_keys_words_pass() -> None:
+    spec = parse_spec(
+        HEAD + 'sysctl:\n  net.ipv4.ip_forward: "1"\n  net.ipv4.tcp_congestion_control: bbr\n',
+        FILE,
+    )
+    assert spec.sysctl == {"net.ipv4.ip_forward": "1", "net.ipv4.tcp_congestion_control": "bbr"}
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list(" \t\r\nab-'\"\\\u00a0\u3000\x0b")), max_size=20))
 def test_rule_words_are_shlex_words(rule: str) -> None:

@@ -146,7 +146,7 @@ def test_a_state_directory_in_place_of_the_file_is_a_ztplan_error(tmp_path: Path
     (tmp_path / "gw1.json").mkdir()
     with pytest.raises(ZtplanError) as caught:
         read_state(tmp_path, "gw1")
-    assert "unreadable state file (IsADirectoryError)" in str(caught.value)
+    assert "unreadable state file (a directory)" in str(caught.value)
 
 
 def test_state_file_model_round_trips() -> None:

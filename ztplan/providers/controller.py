@@ -123,10 +123,11 @@ class Controller:
     def manages(self, spec: Spec) -> bool:
         return spec.controller is not None and bool(spec.networks)
 
-    def _get(self, nwid: str) -> dict[str, JsonValue]:
-        """The network's values; a network the controller does not have is an error."""
+    def _get(self, nwid: str, deadline: float | None = None) -> dict[str, JsonValue]:
+        """The network's values; a network the controller does not have is an error.
+        `deadline` bounds the read (retries included) below the client's own."""
         try:
-            answer = self.api.get(self.backend.path(nwid))
+            answer = self.api.get(self.backend.path(nwid), deadline)
         except NotFound:
             raise ControllerError(
                 self.backend.missing(nwid, shown_url(self.api.base_url)), 404
@@ -184,8 +185,12 @@ class Controller:
         if spec.firewall is None:
             return []
         raw = snapshot.raw if isinstance(snapshot.raw, dict) else {}
-        families = [
-            f for f in ("ipv4", "ipv6") if getattr(spec.firewall, f) and not _clamps_mss(spec, f)
+        forwarding = {"ipv4": "net.ipv4.ip_forward", "ipv6": "net.ipv6.conf.all.forwarding"}
+        families = [  # forwarded: a firewall for it, or its forwarding turned on
+            f
+            for f, key in forwarding.items()
+            if (getattr(spec.firewall, f) or str(spec.sysctl.get(key)) == "1")
+            and not _clamps_mss(spec, f)
         ]
         findings = []
         for network in spec.networks:
@@ -208,16 +213,30 @@ class Controller:
         return findings
 
     def _post(self, nwid: str, fields: Mapping[str, JsonValue]) -> None:
+        """Write `fields` and check they were kept. A network is marked unsettled as soon
+        as any copy of a write to it went unanswered (a retry's 200 does not stop an earlier
+        copy from landing later), or what it holds is not what was written: from then on,
+        nothing this run reads of it proves that no route through this gateway is live."""
+        path = self.backend.path(nwid)
         try:
-            self.api.post(self.backend.path(nwid), self.backend.body(fields))
+            self.api.post(path, self.backend.body(fields))
         except ControllerError as error:
+            if path in self.api.doubtful:
+                self.unsettled.add(nwid)
             if not error.unanswered:
                 raise  # the controller answered no (4xx, or 5xx to the last try): not stored
             self._settle(nwid, fields, error)  # no answer: find out what it stored
+        if path in self.api.doubtful:
+            self.unsettled.add(nwid)
         # Re-read: a controller may answer 200 to data it dropped, rewrote or merged.
-        kept = self._get(nwid)
+        try:
+            kept = self._get(nwid)
+        except ControllerError:
+            self.unsettled.add(nwid)  # written, and not known what it holds
+            raise
         for field, value in fields.items():
             if kept.get(field) != value:
+                self.unsettled.add(nwid)  # dropped, rewritten, or not visible yet
                 name = self.backend.api_name(field)
                 where = f" ({name})" if name != field else ""
                 raise ControllerError(
@@ -227,15 +246,20 @@ class Controller:
                 )
 
     def _settle(self, nwid: str, fields: Mapping[str, JsonValue], error: ControllerError) -> None:
-        """A write with no answer (timed out, connection dropped, a garbled 200) may have
-        been stored, or be stored a moment later. Watch the network for `settle` seconds:
-        if it holds what was sent, the write took; if not, its outcome stays unknown, the
-        network is marked unsettled (rollback then keeps the gateway forwarding) and the
-        error says so."""
+        """A write with no answer (timed out, connection dropped, a garbled 200, a proxy's
+        504) may have been stored, or be stored a moment later. Watch the network for
+        `settle` seconds, each read bounded by what is left: if it holds what was sent, the
+        write took. Either way the network stays unsettled for the rest of the run (a rollback
+        then keeps the gateway forwarding), and an outcome still unknown is an error."""
+        self.unsettled.add(nwid)  # until the end of the run: another copy may still land
+        self.api.on_wait(
+            f"controller: network {nwid}: a write had no answer ({error}); watching the "
+            f"network up to {self.settle:g} s for what it stored"
+        )
         deadline = time.monotonic() + self.settle
         while True:
             try:
-                kept = self._get(nwid)
+                kept = self._get(nwid, max(deadline - time.monotonic(), 0.1))
             except ControllerError:
                 kept = None
             if kept is not None and all(kept.get(f) == v for f, v in fields.items()):
@@ -243,7 +267,6 @@ class Controller:
             if time.monotonic() >= deadline:
                 break
             self.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
-        self.unsettled.add(nwid)
         raise ControllerError(
             f"controller: network {nwid}: {error}; for {self.settle:g} s the network did not "
             "show it stored, but the write may still land: its outcome is unknown"

@@ -77,6 +77,8 @@ from ztplan.spec import Spec, format_field, line_of
 
 __all__ = ["YIELD_TO", "Firewall", "Layout", "restore_input", "rule_address"]
 
+_V6_FORWARDING = "net.ipv6.conf.all.forwarding"
+
 YIELD_TO = re.compile(
     r"DOCKER-USER|DOCKER-FORWARD|DOCKER-ISOLATION-STAGE-1|DOCKER-INGRESS|f2b-.+|ts-.+"
 )
@@ -427,37 +429,48 @@ class Firewall:
         )
 
     def _open_router(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
-        """IPv4 forwarding and NAT with the FORWARD policy ACCEPT (the spec's, else the live
-        one) and no catch-all DROP: anyone next to the WAN can route through the gateway
-        into the ZeroTier network."""
-        v4 = spec.firewall.ipv4 if spec.firewall else None
-        nat = v4.nat.chains.get("POSTROUTING") if v4 and v4.nat else None
-        natting = nat is not None and any(
-            jump_target(r) in ("SNAT", "MASQUERADE") for r in nat.rules
-        )
-        if not natting or str(spec.sysctl.get("net.ipv4.ip_forward")) != "1":
-            return []
-        policy_address = Address("firewall.ipv4.filter.policy.FORWARD")
-        live = snapshot.resources.get(policy_address)
-        policy = (v4.filter.policy.get("FORWARD") if v4 and v4.filter else None) or (
-            live.value if live else "ACCEPT"
-        )
-        forward = v4.filter.chains.get("FORWARD") if v4 and v4.filter else None
-        closed = forward is not None and any(
-            r.split() in (["-j", "DROP"], ["-j", "REJECT"]) for r in forward.rules
-        )
-        if policy != "ACCEPT" or closed:
-            return []
-        return [
-            Finding(
-                severity="warning",
-                address=policy_address,
-                message="IPv4 forwarding and NAT with the FORWARD policy ACCEPT: anyone next "
-                "to the WAN can route through this gateway into the ZeroTier network (an "
-                "open router); set `policy: {FORWARD: DROP}` and accept the ZeroTier "
-                "subnet out and replies back",
+        """Forwarding on with the FORWARD policy ACCEPT (the spec's, else the live one) and
+        no catch-all DROP. IPv4 with NAT: anyone next to the WAN can route through the
+        gateway into the ZeroTier network. IPv6: the members' prefix is routed, no NAT
+        hides it, so every host on the Internet reaches every member."""
+        findings = []
+        for family, key in (("ipv4", "net.ipv4.ip_forward"), ("ipv6", _V6_FORWARDING)):
+            fam = getattr(spec.firewall, family, None) if spec.firewall else None
+            if str(spec.sysctl.get(key)) != "1":
+                continue
+            if family == "ipv4":
+                nat = fam.nat.chains.get("POSTROUTING") if fam and fam.nat else None
+                if nat is None or not any(
+                    jump_target(r) in ("SNAT", "MASQUERADE") for r in nat.rules
+                ):
+                    continue
+            policy_address = Address(f"firewall.{family}.filter.policy.FORWARD")
+            live = snapshot.resources.get(policy_address)
+            policy = (fam.filter.policy.get("FORWARD") if fam and fam.filter else None) or (
+                live.value if live else "ACCEPT"
             )
-        ]
+            forward = fam.filter.chains.get("FORWARD") if fam and fam.filter else None
+            closed = forward is not None and any(
+                r.split() in (["-j", "DROP"], ["-j", "REJECT"]) for r in forward.rules
+            )
+            if policy != "ACCEPT" or closed:
+                continue
+            findings.append(
+                Finding(
+                    severity="warning",
+                    address=policy_address,
+                    message="IPv4 forwarding and NAT with the FORWARD policy ACCEPT: anyone "
+                    "next to the WAN can route through this gateway into the ZeroTier network "
+                    "(an open router); set `policy: {FORWARD: DROP}` and accept the ZeroTier "
+                    "subnet out and replies back"
+                    if family == "ipv4"
+                    else "IPv6 forwarding with the FORWARD policy ACCEPT: the members' "
+                    "addresses are routed, not NATed, so every host on the Internet reaches "
+                    "every member; set ipv6 `policy: {FORWARD: DROP}` and accept the ZeroTier "
+                    "prefix out and replies back (the gateway shorthand's `inbound: stateful`)",
+                )
+            )
+        return findings
 
     def _missing_chains(self, spec: Spec, snapshot: Snapshot) -> list[Finding]:
         """A jump to a chain that neither the spec nor the live table defines (`-j NOSUCHCHAIN`):

@@ -303,7 +303,10 @@ class HumanReporter:
         self._stop()
         print(_paint(f"{step.name}: done", "32", self.color), file=sys.stderr)
 
-    def rolled_back(self, step: _Step, ok: bool) -> None:
+    def rolled_back(self, step: _Step, how: str) -> None:
         self._stop()
-        text = f"{step.name}: rolled back" if ok else f"{step.name}: NOT rolled back"
-        print(_paint(text, "33" if ok else "31;1", self.color), file=sys.stderr)
+        text = {
+            "undone": f"{step.name}: rolled back",
+            "kept": f"{step.name}: kept in place (a route through this gateway may be live)",
+        }.get(how, f"{step.name}: NOT rolled back")
+        print(_paint(text, "31;1" if how == "stuck" else "33", self.color), file=sys.stderr)
