@@ -30,22 +30,49 @@ if TYPE_CHECKING:
 if hasattr(typer.core, "TyperArgument"):
     typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
 
-# typer 0.29 coerces every parameter through a pydantic TypeAdapter, even a flag left
-# unset (None): `ztplan plan --help` imported pydantic (~100 ms) for the app's own
-# --help and completion flags before printing a line. A flag's value is already a bool
-# (or None) from the parser, so it needs no coercion; anything else keeps typer's.
+# typer 0.29 coerces every parameter of the command run through a pydantic TypeAdapter,
+# built before it looks at the value, even for a flag left unset: ~70 ms of every run
+# (pydantic's schema builder for ten options), and `ztplan plan --help` imported pydantic
+# before printing a line. Most values already are what the annotation asks (a str, None,
+# a default, a bool flag), and a path without checks is Path(value): those are taken as
+# they are; anything else (a float or a choice typed on the line, a bool from the
+# environment) goes through typer's own coercion, built then, with typer's own errors.
 if hasattr(typer.core, "_TyperParameter") and hasattr(typer, "_coercion"):
-    _runtime_param = typer.core._TyperParameter.get_runtime_param
+    from dataclasses import dataclass as _dataclass
 
-    def _flag_runtime_param(self: Any) -> Any:
-        descriptor = self.type_descriptor
-        if self._runtime_param is None and descriptor.annotation is bool and not self.envvar:
-            self._runtime_param = typer._coercion.PassThroughRuntimeParam(
-                annotation=bool, parameter_info=descriptor.parameter_info
+    @_dataclass(frozen=True)
+    class _AsParsed(typer._coercion.RuntimeParam):
+        descriptor: Any
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            annotation, info = self.annotation, self.parameter_info
+            if isinstance(annotation, type) and isinstance(value, annotation):
+                if annotation is bool or type(value) is not bool:  # True is no int here
+                    return value
+            plain_path = (
+                annotation is Path
+                and not (info.exists or info.writable or info.resolve_path or info.allow_dash)
+                and info.file_okay
+                and info.dir_okay
+                and info.path_type is None
             )
-        return _runtime_param(self)
+            if plain_path and isinstance(value, str):
+                if not info.readable or not os.path.exists(value) or os.access(value, os.R_OK):
+                    return Path(value)
+            if annotation == list[str] and all(type(item) is str for item in value):
+                return list(value)
+            coercion = typer._coercion.build_runtime_param(self.descriptor)
+            return coercion._coerce_value(value, param=param, ctx=ctx)
 
-    typer.core._TyperParameter.get_runtime_param = _flag_runtime_param  # type: ignore[method-assign]
+    def _as_parsed(self: Any) -> Any:
+        if self._runtime_param is None and self.type_descriptor.file_annotation is None:
+            d = self.type_descriptor
+            self._runtime_param = _AsParsed(
+                annotation=d.annotation, parameter_info=d.parameter_info, descriptor=d
+            )
+        return self._runtime_param
+
+    typer.core._TyperParameter.get_runtime_param = _as_parsed  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="ztplan",
