@@ -51,8 +51,13 @@ def read_regular(path: str, limit: int) -> bytes:
     _check(os.stat(path), limit)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as handle:
-        _check(os.fstat(handle.fileno()), limit)
-        data = handle.read(limit + 1)
+        info = os.fstat(handle.fileno())
+        _check(info, limit)
+        # read(n) allocates n bytes first: ask for the size stat gave (a 10 MB state did
+        # not need a 256 MiB buffer), then for what the file may have grown by since.
+        data = handle.read(info.st_size + 1)
+        if len(data) > info.st_size:
+            data += handle.read(limit + 1 - len(data))
     if len(data) > limit:
         raise TooLarge(len(data))
     return data
