@@ -191,9 +191,12 @@ def test_twenty_kills_converge_and_lose_no_foreign_rule(
         assert sh(netns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
         assert {"target": "0.0.0.0/0", "via": "10.6.6.2"} in emu.network(NWID)["routes"]
         converged += 1
+    journals = sum("gw.journal.json" in left for *_, left in seen)
+    print(f"SIGKILL matrix: {converged}/20 converged, {killed} killed, {journals} with a "
+          f"journal, {mid_restore} mid-restore")  # fmt: skip
     assert converged == 20
     # Not vacuous: most kills land inside the run (a late one just after it, harmlessly),
     # with a journal to recover from, and the group kills in the middle of a restore.
     assert killed >= 14, seen
-    assert sum("gw.journal.json" in left for *_, left in seen) >= 10, seen
+    assert journals >= 10, seen
     assert mid_restore >= 4, seen
