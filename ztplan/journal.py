@@ -105,7 +105,9 @@ class Journal(BaseModel):
     def summary(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.started))
         in_place = self.in_place()
-        done = ", ".join(s.name for s in in_place) or "nothing"
+        # A step whose rollback failed may or may not be in effect (a controller write
+        # with no answer, say): it is not called "in place", nor "not in place".
+        done = ", ".join(s.name for s in in_place if s.index not in self.stuck) or "nothing"
         left = [s.name for s in self.steps if s not in in_place]
         stuck = [s.name for s in self.steps if s.index in self.stuck]
         kept = [s.name for s in self.steps if s.index in self.kept]
@@ -114,7 +116,7 @@ class Journal(BaseModel):
             f"not finish: in place: {done}; not in place: {', '.join(left) or 'nothing'}"
         )
         if stuck:
-            text += f"; its rollback FAILED for {', '.join(stuck)}"
+            text += f"; its rollback FAILED for {', '.join(stuck)}, which may be in place"
         if kept:
             text += (
                 f"; kept on purpose, since a route through this gateway may be live: "
