@@ -46,19 +46,19 @@ if hasattr(typer.core, "_TyperParameter") and hasattr(typer, "_coercion"):
 
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
             annotation, info = self.annotation, self.parameter_info
-            if isinstance(annotation, type) and isinstance(value, annotation):
+            if annotation is Path:  # typer checks a default too: an unreadable state dir
+                plain = (
+                    not (info.exists or info.writable or info.resolve_path or info.allow_dash)
+                    and info.file_okay
+                    and info.dir_okay
+                    and info.path_type is None
+                )
+                if plain and isinstance(value, str | Path) and "\0" not in str(value):
+                    if not info.readable or not os.path.exists(value) or os.access(value, os.R_OK):
+                        return Path(value)
+            elif isinstance(annotation, type) and isinstance(value, annotation):
                 if annotation is bool or type(value) is not bool:  # True is no int here
                     return value
-            plain_path = (
-                annotation is Path
-                and not (info.exists or info.writable or info.resolve_path or info.allow_dash)
-                and info.file_okay
-                and info.dir_okay
-                and info.path_type is None
-            )
-            if plain_path and isinstance(value, str):
-                if not info.readable or not os.path.exists(value) or os.access(value, os.R_OK):
-                    return Path(value)
             if annotation == list[str] and all(type(item) is str for item in value):
                 return list(value)
             coercion = typer._coercion.build_runtime_param(self.descriptor)

@@ -75,6 +75,21 @@ def test_bad_values_get_typers_own_error(args: list[str], words: str) -> None:
     assert result.exit_code == 2 and f"Invalid value for '{words}'" in result.output
 
 
+@pytest.mark.parametrize("args", [[], ["--where", "."]])
+def test_an_unreadable_path_default_or_given_gets_typers_error(
+    args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a user who cannot read it (root can read anything, hence the patched access)."""
+    monkeypatch.setattr("os.access", lambda path, mode: False)
+    result = CliRunner().invoke(_app({}), ["n", *args])
+    assert result.exit_code == 2 and "is not readable" in result.output
+
+
+def test_a_nul_in_a_path_gets_typers_error() -> None:
+    result = CliRunner().invoke(_app({}), ["n", "--state", "s\x00"])
+    assert result.exit_code == 2 and "Invalid value for '--state'" in result.output
+
+
 def test_a_plain_run_builds_no_type_adapter(tmp_path: Path) -> None:
     """`validate` with a spec and defaults (--format's choice, flags): every value is taken
     as parsed, so pydantic builds no adapter before the spec is read."""
