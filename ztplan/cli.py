@@ -31,12 +31,12 @@ if hasattr(typer.core, "TyperArgument"):
     typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
 
 # typer 0.29 coerces every parameter of the command run through a pydantic TypeAdapter,
-# built before it looks at the value, even for a flag left unset: ~70 ms of every run
-# (pydantic's schema builder for ten options), and `ztplan plan --help` imported pydantic
-# before printing a line. Most values already are what the annotation asks (a str, None,
-# a default, a bool flag), and a path without checks is Path(value): those are taken as
-# they are; anything else (a float or a choice typed on the line, a bool from the
-# environment) goes through typer's own coercion, built then, with typer's own errors.
+# built before it looks at the value, even for a flag left unset: ten adapters for a
+# plain plan (~10 ms), and `ztplan plan --help` imported pydantic before printing a line.
+# Most values already are what the annotation asks (a str, None, a default, a bool flag),
+# and a path without typer's options is Path(value) once typer's readable check passes:
+# those are taken so; anything else (a float or a choice typed on the line, a bool from
+# the environment) goes through typer's own coercion, built then, with its own errors.
 if hasattr(typer.core, "_TyperParameter") and hasattr(typer, "_coercion"):
     from dataclasses import dataclass as _dataclass
 
