@@ -5,76 +5,24 @@ rollback keeps the gateway forwarding (issue 12). Real kernel, the emulator's fa
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
+from tests.adversarial.stranded import SPEC, default_route, tune
 from tests.conftest import apply_spec, needs_netns, open_spec, rules_of, sh
 from ztplan.errors import ApplyFailed
 from ztplan.journal import journal_path, read_journal
-from ztplan.providers.controller import Controller
 from ztplan.testing.emulator import ControllerEmulator
 
 pytestmark = needs_netns
 
-NWID = "8056c2e21c000001"
-SPEC = f"""\
-version: 1
-target: {{name: gw}}
-controller: {{kind: local, token_env: ZT_TOKEN}}
-networks:
-  - id: "{NWID}"
-    routes: [{{target: 10.6.4.0/22}}, {{target: 0.0.0.0/0, via: 10.6.6.2}}]
-firewall:
-  ipv4:
-    nat:
-      POSTROUTING: ["-s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7"]
-sysctl:
-  net.ipv4.ip_forward: 1
-"""
-
-
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[ControllerEmulator]:
-    with ControllerEmulator(token="tk") as emu:
-        emu.add_network(NWID)
-        monkeypatch.setenv("ZTPLAN_CONTROLLER_URL", emu.url)
-        monkeypatch.setenv("ZT_TOKEN", "tk")
-        yield emu
-
-
-@pytest.fixture
-def impatient() -> Iterator[object]:
-    """Makes a run's controller quick to give up: a 0.5 s timeout, no retries, `settle`
-    seconds of watching (the test's clock, not a user's)."""
-    clients: list[httpx.Client] = []
-
-    def make(run: object, settle: float) -> Controller:
-        controller = next(p for p in run.providers if p.name == "controller")  # type: ignore[attr-defined]
-        assert isinstance(controller, Controller)
-        clients.append(httpx.Client(timeout=httpx.Timeout(0.5)))
-        controller.api.client = clients[-1]
-        controller.api.attempts = 1
-        controller.settle = settle
-        return controller
-
-    yield make
-    for client in clients:
-        client.close()
-
-
-def default_route(emulator: ControllerEmulator) -> bool:
-    return any(r["target"] == "0.0.0.0/0" for r in emulator.network(NWID)["routes"])
-
 
 def test_a_post_that_lands_after_its_timeout_leaves_the_gateway_forwarding(
-    netns: str, state_dir: Path, emulator: ControllerEmulator, impatient: Any
+    netns: str, state_dir: Path, emulator: ControllerEmulator
 ) -> None:
     run = open_spec(SPEC, netns, state_dir)
-    impatient(run, settle=0.6)
+    tune(run, settle=0.6)
     original = emulator._serve
 
     def stall_posts(h):  # type: ignore[no-untyped-def]
@@ -118,10 +66,10 @@ def test_a_post_that_lands_after_its_timeout_leaves_the_gateway_forwarding(
 
 
 def test_a_garbled_answer_to_a_post_that_was_stored_is_a_success(
-    netns: str, state_dir: Path, emulator: ControllerEmulator, impatient: Any
+    netns: str, state_dir: Path, emulator: ControllerEmulator
 ) -> None:
     run = open_spec(SPEC, netns, state_dir)
-    impatient(run, settle=2.0)
+    tune(run, settle=2.0)
     # The GET before the POST answers well; the POST's answer is cut in half.
     emulator.faults.malformed_json = 0
 
@@ -139,12 +87,12 @@ def test_a_garbled_answer_to_a_post_that_was_stored_is_a_success(
 
 
 def test_a_post_refused_outright_rolls_everything_back(
-    netns: str, state_dir: Path, emulator: ControllerEmulator, impatient: Any
+    netns: str, state_dir: Path, emulator: ControllerEmulator
 ) -> None:
     """The controller answered (an error): nothing was stored, no route can be live, so the
     forwarding steps are undone as usual."""
     run = open_spec(SPEC, netns, state_dir)
-    impatient(run, settle=0.6)
+    tune(run, settle=0.6)
     original = emulator._serve
 
     def refuse_posts(h):  # type: ignore[no-untyped-def]

@@ -9,64 +9,25 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import Silent, apply_spec, needs_netns, open_spec, rules_of, sh
+from tests.adversarial.stranded import (
+    NWID,
+    NWID2,
+    SPEC,
+    default_route,
+    interrupted_after_controller,
+    tune,
+)
+from tests.conftest import apply_spec, needs_netns, open_spec, rules_of, sh
 from ztplan.errors import ApplyFailed
 from ztplan.journal import journal_path, read_journal
-from ztplan.providers.controller import Controller
 from ztplan.testing.emulator import ControllerEmulator
 
 pytestmark = needs_netns
-
-NWID = "8056c2e21c000001"
-NWID2 = "8056c2e21c000002"
-SPEC = f"""\
-version: 1
-target: {{name: gw}}
-controller: {{kind: local, token_env: ZT_TOKEN}}
-networks:
-  - id: "{NWID}"
-    routes: [{{target: 10.6.4.0/22}}, {{target: 0.0.0.0/0, via: 10.6.6.2}}]
-firewall:
-  ipv4:
-    nat:
-      POSTROUTING: ["-s 10.6.4.0/22 -j SNAT --to-source 198.51.100.7"]
-sysctl:
-  net.ipv4.ip_forward: 1
-"""
-
-
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[ControllerEmulator]:
-    with ControllerEmulator(token="tk") as emu:
-        emu.add_network(NWID)
-        emu.add_network(NWID2)
-        monkeypatch.setenv("ZTPLAN_CONTROLLER_URL", emu.url)
-        monkeypatch.setenv("ZT_TOKEN", "tk")
-        yield emu
-
-
-clients: list[httpx.Client] = []
-
-
-def tune(run: Any, settle: float, attempts: int = 1, timeout: float = 0.5) -> Controller:
-    controller = next(p for p in run.providers if p.name == "controller")
-    clients.append(httpx.Client(timeout=httpx.Timeout(timeout)))
-    controller.api.client = clients[-1]
-    controller.api.attempts = attempts
-    controller.api.backoff = 0.1
-    controller.settle = settle
-    return controller
-
-
-def default_route(emu: ControllerEmulator, nwid: str = NWID) -> bool:
-    return any(r["target"] == "0.0.0.0/0" for r in emu.network(nwid)["routes"])
 
 
 def body_of(h: Any) -> bytes:
@@ -113,17 +74,9 @@ def test_r1_a_retried_post_still_in_flight_lands_after_the_rollback(
 
     emulator._serve = slow_announces  # type: ignore[method-assign]
 
-    class Rep(Silent):
-        done: set[str] = set()
-
-        def step_done(self, step: Any) -> None:
-            self.done.add(step.provider)
-
-    rep = Rep()
     # The operator presses Ctrl-C while the controller step runs (it takes seconds).
-    with pytest.raises(ApplyFailed) as failed:
-        run.apply(approve=lambda p: True, reporter=rep, stop=lambda: "controller" in rep.done)
-    assert "(kept: a route through this gateway may be live)" in str(failed.value)
+    failed = interrupted_after_controller(run)
+    assert "(kept: a route through this gateway may be live)" in str(failed)
     assert_not_stranded(emulator, netns)
 
 
@@ -396,16 +349,8 @@ def test_r1b_a_timed_out_first_try_then_a_200_leaves_the_first_copy_in_flight(
 
     emulator._serve = first_slow  # type: ignore[method-assign]
 
-    class Rep(Silent):
-        done: set[str] = set()
-
-        def step_done(self, step: Any) -> None:
-            self.done.add(step.provider)
-
-    rep = Rep()
-    with pytest.raises(ApplyFailed) as failed:
-        run.apply(approve=lambda p: True, reporter=rep, stop=lambda: "controller" in rep.done)
-    assert "(kept: a route through this gateway may be live)" in str(failed.value)
+    failed = interrupted_after_controller(run)
+    assert "(kept: a route through this gateway may be live)" in str(failed)
     assert_not_stranded(emulator, netns)
 
 
