@@ -30,7 +30,7 @@ from ztplan.iptables import Table, is_legacy, jump_target, parse_save
 from ztplan.model import Finding, FlowCheck, FlowVerdict, Verification
 from ztplan.spec import Spec
 from ztplan.twin import MEMBER, WAN, Flow, FlowKind, FlowResult, GatewayImage, read_image, verify
-from ztplan.twin.image import Family
+from ztplan.twin.image import FAMILIES
 
 __all__ = ["PlanFailsInTwin", "field_warnings", "flows_for", "interfaces_of", "verify_spec"]
 
@@ -107,14 +107,11 @@ def management_ports(spec: Spec, image: GatewayImage) -> list[tuple[str, int]]:
     """(family, port) of the TCP ports the gateway serves on its WAN address or on any."""
     wanted = set(spec.verify.management_ports if spec.verify else [])
     found: set[tuple[str, int]] = set()
-    families: tuple[Family, ...] = ("ipv4", "ipv6")
-    for family in families:
+    for family in FAMILIES:
         wan = image.wan(family)
-        addresses = {"0.0.0.0", "::"}
-        if wan is not None:
-            addresses |= {str(ipaddress.ip_interface(a).ip) for a in wan.addresses}
-        else:
+        if wan is None:
             continue
+        addresses = {"0.0.0.0", "::"} | {str(ipaddress.ip_interface(a).ip) for a in wan.addresses}
         for listener in image.listeners:
             if listener.family == family and listener.address in addresses:
                 found.add((family, listener.port))

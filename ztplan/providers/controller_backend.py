@@ -124,15 +124,13 @@ def normalise_subnet(subnet: Any) -> JsonValue:
 
 def _routes_body(value: JsonValue) -> list[dict[str, Any]]:
     # `via` always sent, null for on-link: V2 lists it as required (CENTRAL-V2.md §4).
-    items = value if isinstance(value, list) else []
-    return [{"target": r["target"], "via": r["via"]} for r in items if isinstance(r, dict)]
+    return [{"target": r["target"], "via": r["via"]} for r in _items(value) if isinstance(r, dict)]
 
 
 def _pools_body(value: JsonValue, version: int | None = None) -> list[dict[str, Any]]:
-    items = value if isinstance(value, list) else []
     return [
         {"ipRangeStart": p["start"], "ipRangeEnd": p["end"]}
-        for p in items
+        for p in _items(value)
         if isinstance(p, dict)
         and (version is None or ipaddress.ip_address(str(p["start"])).version == version)
     ]

@@ -31,7 +31,7 @@ from ztplan.host import Host
 from ztplan.twin.build import Twin, build_twin
 from ztplan.twin.culprit import Culprit, legacy_drops
 from ztplan.twin.flow import FIRST_PORT, MEMBER, WAN, Flow, FlowKind, FlowResult
-from ztplan.twin.image import GatewayImage, read_image
+from ztplan.twin.image import LEGACY_SAVE, GatewayImage, read_image
 from ztplan.twin.judge import Judging, judge_flow
 from ztplan.twin.netns import inside, remove_stale_twins
 from ztplan.twin.probe import Probe, ProbeRun, Server
@@ -158,8 +158,8 @@ def verify(
         legacy: list[Culprit] = []
         if image.legacy:
             for family in image.legacy:
-                tool = "iptables-legacy-save" if family == "ipv4" else "ip6tables-legacy-save"
-                legacy += legacy_drops(twin.gateway.run([tool, "-c"]).stdout, family)
+                saved = twin.gateway.run([LEGACY_SAVE[family], "-c"]).stdout
+                legacy += legacy_drops(saved, family)
         lost = listener is not None and listener.overflow
         context = Judging(twin, timeout, legacy, lost, run.icmp_drops)
         return [

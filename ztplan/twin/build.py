@@ -193,7 +193,7 @@ def _wire_internet(twin: Twin, net: Any, wan_peers: dict[str, str]) -> None:
         if hop is None:
             continue
         inner = next((n for n in own if ipaddress.ip_address(hop) in n.network), None)
-        length = inner.network.prefixlen if inner else (32 if family == "ipv4" else 128)
+        length = inner.network.prefixlen if inner else _host_length(hop)
         if ipaddress.ip_address(hop).is_link_local:
             length = 64
         with contextlib.suppress(Exception):  # v4 and v6 next hops on one link: added once

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ztplan.host import Host
+from ztplan.twin.image import SAVE
 from ztplan.twin.trace import FAMILIES, NETLINK_NETFILTER, TraceEvent, netlink_attributes
 
 __all__ = [
@@ -142,10 +143,15 @@ def nft_chain_rules(listing: str) -> list[tuple[int, str]]:
     return out
 
 
+def chain_lines(save: str, chain: str) -> list[str]:
+    """The `-A CHAIN` lines of an iptables-save dump of one table, in order."""
+    prefix = f"-A {chain} "
+    return [line for line in save.splitlines() if line.startswith(prefix)]
+
+
 def iptables_rule(save: str, chain: str, position: int) -> str | None:
     """The `position`-th (0-based) `-A CHAIN` line of an iptables-save dump of one table."""
-    prefix = f"-A {chain} "
-    lines = [line for line in save.splitlines() if line.startswith(prefix)]
+    lines = chain_lines(save, chain)
     return lines[position] if 0 <= position < len(lines) else None
 
 
@@ -165,17 +171,15 @@ def resolve(host: Host, event: TraceEvent, native: set[str]) -> Culprit:
         return Culprit("nftables", label, event.chain, policy=verdict, verdict=verdict)
     if iptables and host.netns is not None:
         # Both read 10,000 rules at that size (~0.15 s each): side by side.
-        save = "iptables-nft-save" if family == "ipv4" else "ip6tables-nft-save"
         with ThreadPoolExecutor(max_workers=1) as pool:
-            saved = pool.submit(host.run, [save, "-t", event.table])
+            saved = pool.submit(host.run, [SAVE[family], "-t", event.table])
             handles = chain_handles(host.netns, event.family, event.table, event.chain)
             dump = saved.result().stdout
-        if event.handle in handles:
-            count = sum(1 for x in dump.splitlines() if x.startswith(f"-A {event.chain} "))
-            line = iptables_rule(dump, event.chain, handles.index(event.handle))
-            if line is not None and count == len(handles):
-                table = f"{family} {event.table}"
-                return Culprit("iptables-nft", table, event.chain, rule=line, verdict=verdict)
+        lines = chain_lines(dump, event.chain)
+        if event.handle in handles and len(lines) == len(handles):  # one line per handle
+            line = lines[handles.index(event.handle)]
+            table = f"{family} {event.table}"
+            return Culprit("iptables-nft", table, event.chain, rule=line, verdict=verdict)
     listing = host.run(["nft", "-a", "list", "chain", event.family, event.table, event.chain])
     text = dict(nft_chain_rules(listing.stdout)).get(event.handle or -1)
     stack: Stack = "iptables-nft" if iptables else "nftables"
