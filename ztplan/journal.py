@@ -154,13 +154,21 @@ def read_journal(path: Path) -> Journal | None:
     for line in lines:  # a torn last line has no newline and is ignored by the split below
         run, _, event = line.partition(" ")
         kind, _, value = event.partition(" ")
-        if run != journal.id or not value:
-            continue
-        if kind == "outcome":
-            journal.outcome = value
-        elif kind in ("done", "undone", "stuck", "kept") and value.isdigit():
-            getattr(journal, kind).append(int(value))
+        if run == journal.id and value:
+            step = kind in _STEP_EVENTS and value.isdigit()
+            _note(journal, kind, int(value) if step else value)
     return journal
+
+
+_STEP_EVENTS = ("done", "undone", "stuck", "kept")
+
+
+def _note(journal: Journal, kind: str, value: int | str) -> None:
+    """One event on the journal in memory: a step's index under its kind, or the outcome."""
+    if kind in _STEP_EVENTS and isinstance(value, int):
+        getattr(journal, kind).append(value)
+    elif kind == "outcome":
+        journal.outcome = str(value)
 
 
 def write_journal(path: Path, journal: Journal) -> None:
@@ -175,10 +183,7 @@ def write_journal(path: Path, journal: Journal) -> None:
 
 def log_event(path: Path, journal: Journal, kind: str, value: int | str) -> None:
     """Record one event (`done 3`, `undone 3`, `outcome ...`): on disk before going on."""
-    if kind in ("done", "undone", "stuck", "kept") and isinstance(value, int):
-        getattr(journal, kind).append(value)
-    elif kind == "outcome":
-        journal.outcome = str(value)
+    _note(journal, kind, value)
     text = str(value).replace("\n", " ")
     with open(_log(path), "a", encoding="utf-8") as handle:
         handle.write(f"{journal.id} {kind} {text}\n")
