@@ -561,12 +561,10 @@ def _await_confirmation(state_dir: Path, target: str, confirm_by: float) -> int:
     import select
     import time
 
-    from ztplan.run import confirm_apply
+    from ztplan.run import confirm_apply, state_dir_flag
 
     left = int(confirm_by - time.time())
-    how = f"ztplan confirm --target-name {target}" + (
-        "" if state_dir == Path("state") else f" --state-dir {state_dir}"
-    )
+    how = f"ztplan confirm --target-name {target}" + state_dir_flag(state_dir)
     if not sys.stdin.isatty():
         _err(f"Not confirmed yet: run `{how}` within {left} s, or the changes are reverted.\n")
         return 0

@@ -45,8 +45,14 @@ __all__ = [
     "local_host",
     "open_run",
     "revert_at_deadline",
+    "state_dir_flag",
     "validate_spec",
 ]
+
+
+def state_dir_flag(state_dir: Path) -> str:
+    """What a suggested command adds for this state dir (nothing for the default)."""
+    return "" if state_dir == Path("state") else f" --state-dir {state_dir}"
 
 
 class Cancelled(ZtplanError):
@@ -179,14 +185,11 @@ class Run:
                     message=f"{lock} is stale (left by pid {holder.pid} on {holder.host}, "
                     f"{holder.operation} since {holder.created}): apply will refuse until it "
                     f"is removed with `ztplan force-unlock {holder.id}"
-                    + self._state_dir_flag()
+                    + state_dir_flag(self.state_dir)
                     + "`",
                 )
             )
         return notes
-
-    def _state_dir_flag(self) -> str:
-        return "" if self.state_dir == Path("state") else f" --state-dir {self.state_dir}"
 
     def _conflicts(self, plan: Plan, previous: StateFile | None) -> list[Finding]:
         """What this target would hold that another target on the same host holds
@@ -443,16 +446,11 @@ class Run:
         with self._locked("drift", lock_timeout):
             plan, snapshots = self._make_plan(self._notes(), self._previous())
             no_changes = plan.model_copy(update={"changes": []})
-            verified = self._verified(no_changes, snapshots) if self._flows_declared() else plan
+            verified = self._verified(no_changes, snapshots)  # flows only: nothing changes
             plan = plan.model_copy(
                 update={"verification": verified.verification, "findings": verified.findings}
             )
         return DriftReport(target=self.target, checked_at=checked_at, plan=plan)
-
-    def _flows_declared(self) -> bool:
-        return self.options.verify and (
-            self.spec._shorthand is not None or self.spec.verify is not None
-        )
 
     def previous(self) -> StateFile | None:
         return self._previous()
