@@ -888,9 +888,7 @@ class _Undo:
         jump = jump_rule(self.fw.target, chain)
         was = self.before.get(table, Table()).rules.get(chain, [])
         now = self.now.get(table, Table()).rules.get(chain, [])
-        if [r == jump for r in was] == [r == jump for r in now] and was.count(jump) == now.count(
-            jump
-        ):
+        if [r == jump for r in was] == [r == jump for r in now]:  # the jump where it was
             return
         self._table(table).unhook += [f"-D {chain} {jump}"] * now.count(jump)
         self.gone.setdefault((table, chain), []).extend([jump] * now.count(jump))
