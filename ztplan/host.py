@@ -24,9 +24,34 @@ __all__ = [
     "NETNS_CONFIG_DIR",
     "NETNS_DIR",
     "inside_netns",
+    "proc_sys_path",
+    "sysctl_key",
+    "sysctl_name",
 ]
 
 NETNS_DIR = "/run/netns"
+PROC_SYS = "/proc/sys"
+
+
+def proc_sys_path(key: str) -> str:
+    """`net.ipv4.conf.eth0/100.rp_filter` -> /proc/sys/net/ipv4/conf/eth0.100/rp_filter.
+
+    sysctl(8) writes a dot inside a name (a VLAN interface) as `/`; the spec does the same.
+    """
+    return os.path.join(PROC_SYS, *(part.replace("/", ".") for part in key.split(".")))
+
+
+def sysctl_key(path: str) -> str:
+    """The key of a /proc/sys path, as sysctl(8) spells it (proc_sys_path's inverse)."""
+    parts = path.removeprefix(PROC_SYS + "/").split("/")
+    return ".".join(part.replace(".", "/") for part in parts)
+
+
+def sysctl_name(name: str) -> str:
+    """An interface name as one part of a sysctl key: `eth0.100` -> `eth0/100`."""
+    return name.replace(".", "/")
+
+
 NETNS_CONFIG_DIR = "/etc/ztplan/netns"
 """Where a namespace's copies of /etc files live: /etc/X of namespace NAME is
 NETNS_CONFIG_DIR/NAME/X."""

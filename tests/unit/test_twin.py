@@ -10,7 +10,7 @@ import pytest
 
 from tests.unit.fake_host import ReplayHost
 from ztplan.errors import TwinUnavailable
-from ztplan.host import CommandResult
+from ztplan.host import CommandResult, proc_sys_path, sysctl_key, sysctl_name
 from ztplan.twin import MEMBER, Culprit, Flow, FlowKind
 from ztplan.twin.culprit import (
     dump_request,
@@ -449,3 +449,20 @@ def test_flow_defaults_and_checks() -> None:
         Flow("ssh", FlowKind.MANAGEMENT, "ipv4", protocol="udp", port=22)
     with pytest.raises(ValueError, match="port"):
         Flow("x", FlowKind.OUTBOUND, "ipv4", port=0)
+
+
+def test_a_sysctl_of_an_interface_with_a_dot_in_its_name_is_found() -> None:
+    """A VLAN WAN (eth0.100): its keys are read as sysctl(8) spells them, `eth0/100`; the
+    image and the twin looked for /proc/sys/net/ipv6/conf/eth0/100/..., which is no file."""
+    image = GatewayImage(
+        sysctls=(
+            ("/proc/sys/net/ipv6/conf/eth0.100/proxy_ndp", "1"),
+            ("/proc/sys/net/ipv4/ip_forward", "1"),
+        )
+    )
+    key = f"net.ipv6.conf.{sysctl_name('eth0.100')}.proxy_ndp"
+    assert key == "net.ipv6.conf.eth0/100.proxy_ndp"
+    assert image.sysctl(key) == "1"
+    assert image.sysctl("net.ipv4.ip_forward") == "1"
+    assert sysctl_key("/proc/sys/net/ipv6/conf/eth0.100/proxy_ndp") == key
+    assert proc_sys_path(key) == "/proc/sys/net/ipv6/conf/eth0.100/proxy_ndp"

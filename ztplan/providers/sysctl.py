@@ -8,13 +8,11 @@ from typing import ClassVar
 
 from ztplan.address import Address
 from ztplan.errors import LiveReadError
-from ztplan.host import Host
+from ztplan.host import PROC_SYS, Host, proc_sys_path
 from ztplan.model import Change, Finding, Resource, Snapshot
 from ztplan.spec import Spec
 
 __all__ = ["Sysctl", "key_path"]
-
-PROC_SYS = "/proc/sys"
 
 
 def key_path(key: str) -> str:
@@ -24,10 +22,9 @@ def key_path(key: str) -> str:
     The key was checked in spec.py; the resolved path is checked again here so that no
     spelling can leave /proc/sys.
     """
-    parts = [part.replace("/", ".") for part in key.split(".")]
-    if any(part in ("", ".", "..") for part in parts):
+    if any(part.replace("/", ".") in ("", ".", "..") for part in key.split(".")):
         raise ValueError(f"{key!r} is not a sysctl key")
-    path = os.path.join(PROC_SYS, *parts)
+    path = proc_sys_path(key)
     if os.path.commonpath([os.path.normpath(path), PROC_SYS]) != PROC_SYS:
         raise ValueError(f"{key!r} is not a sysctl key")
     return path

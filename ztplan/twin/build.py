@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ztplan.errors import TwinLoadFailed
-from ztplan.host import LocalHost
+from ztplan.host import LocalHost, sysctl_key, sysctl_name
 from ztplan.twin.image import FAMILIES, Family, GatewayImage
 from ztplan.twin.layout import Layout, free_host, plan_layout
 from ztplan.twin.load import load_filters
@@ -70,9 +70,7 @@ def _write_sysctl(path: str, value: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as error:
-        raise TwinLoadFailed(
-            path.removeprefix("/proc/sys/").replace("/", "."), str(error)
-        ) from None
+        raise TwinLoadFailed(sysctl_key(path), str(error)) from None
     return True
 
 
@@ -241,7 +239,7 @@ def _load_ndp_proxies(twin: Twin) -> None:
         if proxy.source == "kernel":
             live = "1" in (
                 image.sysctl("net.ipv6.conf.all.proxy_ndp"),
-                image.sysctl(f"net.ipv6.conf.{proxy.interface}.proxy_ndp"),
+                image.sysctl(f"net.ipv6.conf.{sysctl_name(proxy.interface)}.proxy_ndp"),
             )
             if live:
                 lines.append(f"neigh add proxy {proxy.prefix.split('/')[0]} dev {proxy.interface}")

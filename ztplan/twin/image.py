@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ztplan.errors import LiveReadError
-from ztplan.host import CommandResult, Host
+from ztplan.host import CommandResult, Host, proc_sys_path
 
 __all__ = [
     "DefaultRoute",
@@ -164,8 +164,9 @@ class GatewayImage:
         return [i for i in self.interfaces if i.role == "zerotier"]
 
     def sysctl(self, key: str) -> str | None:
-        """The value of a dotted key (`net.ipv4.ip_forward`) as read, or None."""
-        path = "/proc/sys/" + key.replace(".", "/")
+        """The value of a key as sysctl(8) spells it (`net.ipv4.ip_forward`; a dot inside
+        an interface's name written `/`: host.sysctl_name) as read, or None."""
+        path = proc_sys_path(key)
         return next((v for p, v in self.sysctls if p == path), None)
 
 

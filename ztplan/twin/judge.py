@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
+from ztplan.host import proc_sys_path, sysctl_name
 from ztplan.twin.build import Twin
 from ztplan.twin.culprit import Culprit, resolve
 from ztplan.twin.flow import MEMBER, WAN, Flow, FlowKind, FlowResult
@@ -26,7 +27,7 @@ __all__ = ["Judging", "judge_flow"]
 
 
 def _read(twin: Twin, key: str) -> str | None:
-    path = "/proc/sys/" + key.replace(".", "/")
+    path = proc_sys_path(key)
     try:
         with inside(twin.names.gw), open(path, encoding="ascii") as handle:
             return handle.read().strip()
@@ -38,8 +39,8 @@ def _kernel_note(twin: Twin, flow: Flow, outcome: Outcome) -> str:
     """No nftables chain dropped it: the sysctls that could have, and where it was last seen."""
     hints = []
     if flow.kind is not FlowKind.MANAGEMENT:
-        zt = twin.layout.zerotier
-        wan = twin.layout.wan_interface.get(flow.family, "")
+        zt = sysctl_name(twin.layout.zerotier)
+        wan = sysctl_name(twin.layout.wan_interface.get(flow.family, ""))
         keys = (
             [
                 "net.ipv4.ip_forward",
