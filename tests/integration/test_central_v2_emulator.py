@@ -8,9 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ztplan.diff import diff_resources
+from tests.integration.controllers import HOST, apply_all, changes, posts
 from ztplan.errors import ControllerError
-from ztplan.host import LocalHost
 from ztplan.model import Action, Change
 from ztplan.providers.controller import Controller, controller_client
 from ztplan.spec import Spec, parse_spec
@@ -36,7 +35,6 @@ ROUTES = [
     {"target": "10.6.4.0/22", "via": None},
     {"target": "2001:19f0:6001:1a6::/80", "via": None},
 ]
-HOST = LocalHost(None)  # the controller provider never touches the host
 
 
 @pytest.fixture
@@ -44,12 +42,6 @@ def emulator() -> Iterator[ControllerEmulator]:
     with ControllerEmulator(token=KEY) as emu:
         emu.add_network(NWID)
         yield emu
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(2.0)) as client:
-        yield client
 
 
 def spec_of(text: str = SPEC) -> Spec:
@@ -70,21 +62,6 @@ def provider(
     api = controller_client(spec_of(text), http, emu.url + "/api/v2")
     api.sleep = lambda s: None
     return Controller(api, "central-v2", [nwid])
-
-
-def changes(p: Controller, spec: Spec) -> list[Change]:
-    return diff_resources(p.name, p.desired(spec), p.read(HOST).resources)[0]
-
-
-def apply_all(p: Controller, spec: Spec) -> list[Change]:
-    before = p.read(HOST)
-    planned = diff_resources(p.name, p.desired(spec), before.resources)[0]
-    p.apply(HOST, planned, before)
-    return planned
-
-
-def posts(emu: ControllerEmulator) -> list[Any]:
-    return [body for method, _, body in emu.request_log if method == "POST"]
 
 
 def v2(emu: ControllerEmulator, http: httpx.Client, nwid: str = NWID) -> dict[str, Any]:

@@ -7,11 +7,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.integration.controllers import HOST, apply_all, changes, posts
 from ztplan.api import ApiClient
-from ztplan.diff import diff_resources
 from ztplan.errors import ControllerError
-from ztplan.host import LocalHost
-from ztplan.model import Change
 from ztplan.providers.controller import Controller
 from ztplan.spec import Spec, parse_spec
 from ztplan.testing.emulator import ControllerEmulator
@@ -30,7 +28,6 @@ networks:
       - {{target: "2001:19f0:6001:1a6::/80"}}
     ip_pools: [{{start: 10.6.4.1, end: 10.6.7.254}}]
 """
-HOST = LocalHost(None)  # the controller provider never touches the host
 
 
 @pytest.fixture
@@ -38,12 +35,6 @@ def emulator() -> Iterator[ControllerEmulator]:
     with ControllerEmulator(token=TOKEN) as emu:
         emu.add_network(NWID)
         yield emu
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(2.0)) as client:
-        yield client
 
 
 def provider(
@@ -57,21 +48,6 @@ def provider(
 
 def spec_for(kind: str) -> Spec:
     return parse_spec(SPEC.replace("KIND", kind), "spec.yaml")
-
-
-def changes(p: Controller, spec: Spec) -> list[Change]:
-    return diff_resources(p.name, p.desired(spec), p.read(HOST).resources)[0]
-
-
-def apply_all(p: Controller, spec: Spec) -> list[Change]:
-    before = p.read(HOST)
-    planned = diff_resources(p.name, p.desired(spec), before.resources)[0]
-    p.apply(HOST, planned, before)
-    return planned
-
-
-def posts(emu: ControllerEmulator) -> list[object]:
-    return [body for method, _, body in emu.request_log if method == "POST"]
 
 
 @pytest.mark.parametrize("kind", ["central", "local"])

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.integration.controllers import HOST, apply_all, changes, posts
 from ztplan.api import ApiClient
-from ztplan.diff import diff_resources
 from ztplan.errors import ControllerError
-from ztplan.host import LocalHost
 from ztplan.model import Action, Change
 from ztplan.providers.controller import Controller
 from ztplan.providers.controller_backend import BACKENDS
@@ -22,7 +20,6 @@ NWID = "8056c2e21c000001"
 TOKEN = "s3cr3t-t0ken-for-mtu"
 KINDS = ["central", "central-v2", "local"]
 SUFFIX = {"central": "/api/v1", "central-v2": "/api/v2", "local": ""}
-HOST = LocalHost(None)
 DNS = {"domain": "zt.example.com", "servers": ["10.6.6.2", "2001:19f0:6001:1a6::2"]}
 
 
@@ -48,12 +45,6 @@ def emulator() -> Iterator[ControllerEmulator]:
         yield emu
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(2.0)) as client:
-        yield client
-
-
 def provider(emu: ControllerEmulator, http: httpx.Client, kind: str) -> Controller:
     backend = BACKENDS[kind]
     api = ApiClient(
@@ -64,21 +55,6 @@ def provider(emu: ControllerEmulator, http: httpx.Client, kind: str) -> Controll
         describe_error=backend.describe_error,
     )
     return Controller(api, kind, [NWID])
-
-
-def changes(p: Controller, spec: Spec) -> list[Change]:
-    return diff_resources(p.name, p.desired(spec), p.read(HOST).resources)[0]
-
-
-def apply_all(p: Controller, spec: Spec) -> list[Change]:
-    before = p.read(HOST)
-    planned = diff_resources(p.name, p.desired(spec), before.resources)[0]
-    p.apply(HOST, planned, before)
-    return planned
-
-
-def posts(emu: ControllerEmulator) -> list[Any]:
-    return [body for method, _, body in emu.request_log if method == "POST"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
