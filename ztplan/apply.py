@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import JsonValue
 
@@ -43,7 +43,7 @@ from ztplan.journal import (
 from ztplan.model import Change, Plan, Snapshot, StepOutcome, digest_of
 from ztplan.order import steps
 from ztplan.providers import Provider
-from ztplan.state import PreparedState, StateFile, prepare_state, resources_of
+from ztplan.state import PreparedState, StateFile, prepare_state, resources_of, state_path
 
 __all__ = [
     "ApplyResult",
@@ -264,9 +264,8 @@ def apply_plan(
         snapshots={s.provider: snapshots[s.provider].raw for s in planned},
         steps=planned,
         confirm_by=confirm_by,
-        previous_state=previous.text if previous else None,
     )
-    write_journal(journal_file, journal)
+    write_journal(journal_file, journal, state_path(state_dir, plan.target) if previous else None)
     # The new state does not depend on how the steps go: it is made, written and synced
     # beside the state file while the steps wait for the kernel and the controller (at
     # 2 x 50,000 rules: 100,000 digests and a file of 13 MB), and put in place after them.
@@ -337,7 +336,7 @@ def _discard(preparing: Future[PreparedState]) -> None:
         preparing.result().discard()
 
 
-def _digests(plan: Plan, previous: StateFile | None) -> dict[Address, str]:
+def _digests(plan: Plan, previous: StateFile | None) -> Mapping[Address, str]:
     """The state an applied plan leaves. Each step is a transaction that either took whole
     or raised (and the controller and member steps re-read what they wrote), so what the
     plan asks is then what is live: the digests of its desired values (a partial plan: of
@@ -347,7 +346,24 @@ def _digests(plan: Plan, previous: StateFile | None) -> dict[Address, str]:
         touched = {c.address for c in plan.changes}
         digests.update((a, digest_of(v)) for a, v in plan.desired.items() if a in touched)
         return digests
-    return {a: digest_of(v) for a, v in plan.desired.items()}
+    return _Digests(plan.desired)
+
+
+class _Digests(Mapping[Address, str]):
+    """The digests of `values`, each made when asked for: the state file is written one
+    resource at a time, and 100,000 digests held at once would be 12 MB."""
+
+    def __init__(self, values: Mapping[Address, Any]) -> None:
+        self._of = values
+
+    def __getitem__(self, address: Address) -> str:
+        return digest_of(self._of[address])
+
+    def __iter__(self) -> Iterator[Address]:
+        return iter(self._of)
+
+    def __len__(self) -> int:
+        return len(self._of)
 
 
 def _outcomes(

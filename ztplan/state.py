@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring as _quoted
 from pathlib import Path
 from typing import Annotated
 
@@ -219,15 +221,21 @@ def prepare_state(
     target: str,
     netns: str | None,
     spec: SpecSource,
-    resources: dict[Address, str],
+    resources: Mapping[Address, str],
     claims: dict[str, str] | None = None,
 ) -> PreparedState:
     """The next state of `target`, written beside its file (an apply writes it while its
     steps run, and puts it in place once they all took). Called under the target's lock:
-    a temp file of its state left there is an apply's that was killed, and goes."""
+    a temp file of its state left there is an apply's that was killed, and goes.
+
+    `resources` (address -> digest) are read once each, in order, as the file is written:
+    an apply passes a view that makes each digest as it is asked for, so the 100,000
+    digests of 2 x 50,000 rules are never all held. The state returned does not hold them
+    either: like `read_state(resources=False)`, it reads its file again when asked."""
     for stale in state_dir.glob(f".{target}.json.*.tmp"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
+        if _TEMP.fullmatch(stale.name.removeprefix(f".{target}.json.")):
+            with contextlib.suppress(OSError):
+                stale.unlink()
     # Built from values typed here, not validated again: 100,000 addresses to re-check.
     state = StateFile.model_construct(
         version=1,
@@ -238,13 +246,43 @@ def prepare_state(
         netns=netns,
         spec=spec,
         applied_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        resources={a: resources[a] for a in sorted(resources)},
+        resources={},
         claims=dict(sorted((claims or {}).items())),
     )
-    # pydantic's own serialiser (~5x faster than json.dumps on 20,000 resources), to bytes:
-    # the same as model_dump_json, without a second copy of 13 MB at 2 x 50,000 rules.
-    dumped = StateFile.__pydantic_serializer__.to_json(state, indent=2)
-    return PreparedState(state, Written(state_path(state_dir, target), (dumped, b"\n")))
+    path = state_path(state_dir, target)
+    written = Written(path, _state_json(state, resources))
+    state._path = path
+    return PreparedState(state, written)
+
+
+_TEMP = re.compile(r"[a-z0-9_]{8}\.tmp")
+"""What `tempfile.mkstemp` adds to a prefix: `.gw.json.` + this is gw's own temp file,
+never that of a target named `gw.json` (`.gw.json.json.` + ...)."""
+
+_RESOURCES = b'\n  "resources": {}'
+
+
+def _state_json(state: StateFile, resources: Mapping[Address, str]) -> Iterator[bytes]:
+    """The state file, as `model_dump_json(indent=2)` spells it, in pieces: pydantic's own
+    serialiser for everything but the resources, which are written a few thousand at a
+    time between its halves."""
+    head, _, tail = StateFile.__pydantic_serializer__.to_json(state, indent=2).partition(_RESOURCES)
+    yield head
+    if not resources:
+        yield _RESOURCES
+    else:
+        yield _RESOURCES[:-1]
+        keys = sorted(resources)
+        for start in range(0, len(keys), 4096):
+            yield (
+                ",".join(
+                    f"\n    {_quoted(a)}: {_quoted(resources[a])}"
+                    for a in keys[start : start + 4096]
+                )
+                + ("," if start + 4096 < len(keys) else "\n  }")
+            ).encode()
+    yield tail
+    yield b"\n"
 
 
 def write_state(
@@ -253,7 +291,7 @@ def write_state(
     target: str,
     netns: str | None,
     spec: SpecSource,
-    resources: dict[Address, str],
+    resources: Mapping[Address, str],
     claims: dict[str, str] | None = None,
 ) -> StateFile:
     return prepare_state(state_dir, previous, target, netns, spec, resources, claims).commit()

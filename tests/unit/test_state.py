@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from ztplan import __version__
+from ztplan.address import Address
 from ztplan.errors import ZtplanError
 from ztplan.model import SpecSource
 from ztplan.state import (
     StateFile,
     read_state,
     read_states,
+    resources_of,
     state_path,
     write_atomic,
     write_state,
@@ -49,7 +51,9 @@ def test_the_first_write_has_serial_1_and_a_new_lineage(tmp_path: Path) -> None:
         SOURCE,
         __version__,
     )
-    assert read_state(tmp_path, "gw1") == state
+    # The state written is read again from its file (the resources were streamed into it).
+    assert read_state(tmp_path, "gw1", resources=False) == state
+    assert resources_of(state) == DIGESTS == read_state(tmp_path, "gw1").resources  # type: ignore[union-attr]
 
 
 def test_the_second_write_keeps_the_lineage_and_bumps_the_serial(tmp_path: Path) -> None:
@@ -58,8 +62,28 @@ def test_the_second_write_keeps_the_lineage_and_bumps_the_serial(tmp_path: Path)
     assert previous is not None
     second = write_state(tmp_path, previous, "gw1", None, SOURCE, {})
     assert (second.serial, second.lineage) == (2, first.lineage)
-    assert read_state(tmp_path, "gw1") == second
-    assert second.resources == {}
+    assert read_state(tmp_path, "gw1", resources=False) == second
+    assert resources_of(second) == {}
+
+
+def test_resources_are_streamed_into_the_file_as_pydantic_would_write_them(
+    tmp_path: Path,
+) -> None:
+    """The resources are written a few thousand at a time between pydantic's halves of the
+    file: the text is byte for byte `model_dump_json(indent=2)`'s, across chunks, with
+    quotes, backslashes, newlines and non-ASCII in addresses."""
+    chain = Address("firewall.ipv4.filter.FORWARD")
+    many = {
+        chain.item(f'-m comment --comment "é\\{i}" -j ACCEPT'): f"sha256:{i:064x}"
+        for i in range(9000)
+    }
+    state = write_state(tmp_path, None, "gw1", None, SOURCE, many)
+    whole = StateFile.model_construct(
+        **{name: getattr(state, name) for name in StateFile.model_fields}
+        | {"resources": dict(sorted(many.items()))}
+    )
+    assert (tmp_path / "gw1.json").read_text() == whole.model_dump_json(indent=2) + "\n"
+    assert resources_of(state) == many
 
 
 def test_two_new_states_have_different_lineages(tmp_path: Path) -> None:
@@ -73,7 +97,7 @@ def test_the_file_is_json_with_sorted_resources(tmp_path: Path) -> None:
     text = (tmp_path / "gw1.json").read_text()
     assert text.endswith("}\n")
     data = json.loads(text)
-    assert data == state.model_dump(mode="json")
+    assert data == state.model_dump(mode="json") | {"resources": DIGESTS}
     assert data["serial"] == 1 and data["version"] == 1
     assert list(data["resources"]) == sorted(DIGESTS)
     assert data["spec"] == {
@@ -166,7 +190,8 @@ def test_read_states_takes_a_file_already_read_as_it_is(tmp_path: Path) -> None:
     """A plan has read its own target's state: the conflict check does not parse it again
     (nor a missing one), and still reads every other target's."""
     mine = write_state(tmp_path, None, "gw1", "ns", SOURCE, DIGESTS)
-    theirs = write_state(tmp_path, None, "gw2", "ns", SOURCE, DIGESTS)
+    write_state(tmp_path, None, "gw2", "ns", SOURCE, DIGESTS)
+    theirs = read_state(tmp_path, "gw2")
     state_path(tmp_path, "gw1").write_text("not json")  # would be skipped if it were parsed
     assert read_states(tmp_path, {state_path(tmp_path, "gw1"): mine}) == [mine, theirs]
     assert read_states(tmp_path, {state_path(tmp_path, "gw2"): None}) == []
@@ -204,13 +229,15 @@ def test_a_prepared_state_is_in_place_only_once_committed(tmp_path: Path) -> Non
     from ztplan.state import prepare_state
 
     first = write_state(tmp_path, None, "gw1", "ns", SOURCE, DIGESTS)
-    (tmp_path / ".gw1.json.killed.tmp").write_text("{}")
+    (tmp_path / ".gw1.json.k1lled_x.tmp").write_text("{}")  # as tempfile.mkstemp names it
+    (tmp_path / ".gw1.json.json.abcdefgh.tmp").write_text("{}")  # target gw1.json's
     prepared = prepare_state(tmp_path, first, "gw1", "ns", SOURCE, {})
-    assert read_state(tmp_path, "gw1") == first
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [
-        Path(prepared.written.tmp).name
-    ]
-    assert prepared.commit() == read_state(tmp_path, "gw1")
+    assert read_state(tmp_path, "gw1", resources=False) == first
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(
+        [Path(prepared.written.tmp).name, ".gw1.json.json.abcdefgh.tmp"]
+    )
+    assert prepared.commit() == read_state(tmp_path, "gw1", resources=False)
+    (tmp_path / ".gw1.json.json.abcdefgh.tmp").unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gw1.json"]
     prepare_state(tmp_path, first, "gw1", "ns", SOURCE, {}).discard()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gw1.json"]
