@@ -1,7 +1,9 @@
 """state/<target>.journal.json: what an apply in progress has done, for crash recovery.
 
 Written (atomically) before the first step, with everything needed to undo it: each
-provider's pre-apply snapshot (`raw`), each step's changes and the spec text. Progress is
+provider's pre-apply snapshot (`raw`), each step's changes and the spec text; the state
+file as it was is kept beside it as `<target>.journal.state` (a hard link: the apply
+replaces the state file by a new one, never in place). Progress is
 then appended, one line and an fsync each, to `<target>.journal.log` (rewriting megabytes
 of snapshots after every step would cost more than the step):
 
@@ -25,6 +27,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -43,6 +46,7 @@ __all__ = [
     "JournalStep",
     "journal_path",
     "log_event",
+    "previous_path",
     "read_journal",
     "remove_journal",
     "write_journal",
@@ -65,7 +69,7 @@ class JournalStep(BaseModel):
 class Journal(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    version: int = 2
+    version: int = 3
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     pid: int = Field(default_factory=os.getpid)
     host: str = Field(default_factory=socket.gethostname)
@@ -80,8 +84,14 @@ class Journal(BaseModel):
     confirm_by: float | None = Field(
         default=None, description="Unix time after which an unconfirmed apply is reverted."
     )
+    previous_kept: bool = Field(
+        default=False,
+        description="The state file before this apply is kept beside the journal "
+        "(`<target>.journal.state`): a revert puts it back. False: there was none.",
+    )
     previous_state: str | None = Field(
-        default=None, description="The state file before this apply (a revert puts it back)."
+        default=None,
+        description="The state file before this apply, as journals of version 2 held it.",
     )
     done: list[int] = Field(default_factory=list, description="Steps made (from the log).")
     undone: list[int] = Field(default_factory=list, description="Steps rolled back.")
@@ -133,6 +143,11 @@ def _log(path: Path) -> Path:
     return path.with_suffix(".log")
 
 
+def previous_path(path: Path) -> Path:
+    """Where the journal at `path` keeps the state file as it was before its apply."""
+    return path.with_suffix(".state")
+
+
 def read_journal(path: Path) -> Journal | None:
     try:
         journal = Journal.model_validate_json(read_regular(str(path), STATE_LIMIT))
@@ -171,14 +186,29 @@ def _note(journal: Journal, kind: str, value: int | str) -> None:
         journal.outcome = str(value)
 
 
-def write_journal(path: Path, journal: Journal) -> None:
+def write_journal(path: Path, journal: Journal, previous: Path | None = None) -> None:
+    """Write the journal of a new apply; `previous`: the state file it will replace, kept
+    beside the journal (a hard link, so the 13 MB of 2 x 50,000 rules are neither read nor
+    copied; a copy where the file system has no hard links)."""
     remove_journal(path)  # a new apply: no progress of an older one may count
-    # Written as it is encoded: the journal of 2 x 50,000 rules holds the state and the
-    # saves (some 25 MB), which model_dump_json would hold twice more (growing, then
+    journal.previous_kept = previous is not None
+    if previous is not None:
+        try:
+            os.link(previous, previous_path(path))
+        except OSError:
+            shutil.copyfile(previous, previous_path(path))
+            _fsync(previous_path(path))
+    # Written as it is encoded: the journal of 2 x 50,000 rules holds the saves and the
+    # spec (some 15 MB), which model_dump_json would hold twice more (growing, then
     # copied). The same JSON, spaced alike.
     encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
     pieces = encoder.iterencode(journal.model_dump(mode="json"))
     write_atomic(path, itertools.chain(pieces, ["\n"]), mode=0o600)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def log_event(path: Path, journal: Journal, kind: str, value: int | str) -> None:
@@ -192,6 +222,6 @@ def log_event(path: Path, journal: Journal, kind: str, value: int | str) -> None
 
 
 def remove_journal(path: Path) -> None:
-    for file in (path, _log(path)):
+    for file in (path, _log(path), previous_path(path)):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(file)

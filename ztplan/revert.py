@@ -31,7 +31,14 @@ from ztplan.apply import undo_steps
 from ztplan.errors import ZtplanError
 from ztplan.files import STATE_LIMIT, read_regular
 from ztplan.host import Host
-from ztplan.journal import Journal, JournalStep, journal_path, read_journal, remove_journal
+from ztplan.journal import (
+    Journal,
+    JournalStep,
+    journal_path,
+    previous_path,
+    read_journal,
+    remove_journal,
+)
 from ztplan.model import Snapshot
 from ztplan.providers import Provider
 from ztplan.state import state_path, write_atomic
@@ -187,8 +194,24 @@ def revert(
     reverted, failed = undo_steps(steps, snapshots, host, providers, record, boot)
     if not failed:
         state = state_path(state_dir, journal.target)
-        if journal.previous_state is not None:
+        if journal.previous_kept:
+            _put_back(previous_path(path), state)
+        elif journal.previous_state is not None:  # a journal of version 2
             write_atomic(state, journal.previous_state)
         else:
             state.unlink(missing_ok=True)
     return reverted, failed
+
+
+def _put_back(kept: Path, state: Path) -> None:
+    """The state file as it was before the apply, in its place again (a rename: readers see
+    the applied state or the one before, whole)."""
+    try:
+        os.replace(kept, state)
+    except OSError as error:
+        raise ZtplanError(
+            f"{kept}: the state before the apply cannot be put back "
+            f"({error.strerror or error.__class__.__name__}), so {state} still records "
+            "the apply that was reverted",
+            "the next plan reads the live state; apply again to record it",
+        ) from None

@@ -124,6 +124,36 @@ def test_an_unconfirmed_apply_reverts_by_itself(tmp_path: Path, spec: Path, netn
     assert "Warning: apply.reverted: the last apply was not confirmed and was reverted" in noted
 
 
+def test_a_revert_puts_the_state_file_before_it_back_byte_for_byte(
+    tmp_path: Path, spec: Path, netns: str
+) -> None:
+    """The state before an unconfirmed apply is kept beside its journal (a hard link), and
+    the revert renames it back: the file is the first apply's again, and nothing is left."""
+    first = ztplan("apply", str(spec), "--netns", netns, "--auto-approve", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    state = tmp_path / "state" / "gw.json"
+    before = state.read_bytes()
+    spec.write_text(SPEC.replace("--dport 22 -j ACCEPT", "--dport 2222 -j ACCEPT"))
+    done = ztplan(
+        "apply",
+        str(spec),
+        "--netns",
+        netns,
+        "--auto-approve",
+        "--confirm-within",
+        "3",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert state.read_bytes() != before
+    assert wait_for(lambda: not (tmp_path / "state" / "gw.journal.json").exists())
+    assert state.read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "state").iterdir() if "journal" in p.name) == []
+    spec.write_text(SPEC)  # the first apply's spec: the host and the state are its again
+    again = ztplan("plan", str(spec), "--netns", netns, "--detailed-exitcode", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
 def test_a_confirmed_apply_stays(tmp_path: Path, spec: Path, netns: str) -> None:
     done = ztplan(
         "apply",

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ztplan.journal import Journal, JournalStep, read_journal, write_journal
+from ztplan.journal import (
+    Journal,
+    JournalStep,
+    previous_path,
+    read_journal,
+    remove_journal,
+    write_journal,
+)
 from ztplan.model import Action, Change
 
 
@@ -30,3 +37,28 @@ def test_the_journal_file_is_what_model_dump_json_writes(tmp_path: Path) -> None
     write_journal(path, journal)
     assert path.read_text() == journal.model_dump_json() + "\n"
     assert read_journal(path) == journal
+
+
+def test_the_state_before_the_apply_is_kept_beside_the_journal_not_in_it(tmp_path: Path) -> None:
+    """The previous state file (13 MB at 2 x 50,000 rules) is hard-linked beside the
+    journal, not read into it: the apply's rename of a new state leaves it as it was, and
+    the journal goes with it."""
+    state = tmp_path / "gw1.json"
+    state.write_text('{"serial": 1}\n')
+    path = tmp_path / "gw1.journal.json"
+    journal = Journal(target="gw1", spec_file="gw.yaml", spec_text="", snapshots={}, steps=[])
+    write_journal(path, journal, state)
+    kept = previous_path(path)
+    assert kept.name == "gw1.journal.state"
+    assert kept.stat().st_ino == state.stat().st_ino
+    assert read_journal(path) == journal and journal.previous_kept
+    assert journal.previous_state is None
+    new = tmp_path / "new"
+    new.write_text('{"serial": 2}\n')
+    new.replace(state)  # as the apply puts its new state in place
+    assert kept.read_text() == '{"serial": 1}\n'
+    write_journal(path, journal)  # a later apply of a first state: nothing kept
+    assert not kept.exists() and not journal.previous_kept
+    write_journal(path, journal, state)
+    remove_journal(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gw1.json"]
