@@ -212,8 +212,22 @@ class Target(_Model):
         "(`ZT-<name>.FORWARD`; past 12 characters, its head and a digest), so each target "
         "needs its own name; renaming a target starts a new state. Several targets may share "
         "a host (two gateways, a gateway and a member): give them one state dir, so each "
-        "plan sees what the others claim.",
+        "plan sees what the others claim. A name may not end in `.journal` or `.reverted`: "
+        "`state/gw.journal.json` is target gw's journal.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _not_another_targets_file(cls, name: str) -> str:
+        # The state dir holds <t>.json, <t>.journal.json and <t>.reverted.json: a target
+        # named gw.journal would have gw's journal for its state file.
+        for suffix, what in ((".journal", "journal"), (".reverted", "revert outcome")):
+            if name.endswith(suffix):
+                raise ValueError(
+                    f"a name that does not end in `{suffix}`: state/{name}.json is the "
+                    f"{what} file of target {name.removesuffix(suffix)}"
+                )
+        return name
 
 
 class ChainSpec(_Model):

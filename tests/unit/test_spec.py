@@ -151,6 +151,16 @@ CASES = {
         "version: 1\ntarget: {}\n",
         f"{FILE}:2: target.name: required field is missing",
     ),
+    "target_name_of_a_journal": (
+        "version: 1\ntarget: {name: gw.journal}\n",
+        f"{FILE}:2: target.name: a name that does not end in `.journal`: "
+        "state/gw.journal.json is the journal file of target gw",
+    ),
+    "target_name_of_a_revert_outcome": (
+        "version: 1\ntarget: {name: gw.reverted}\n",
+        f"{FILE}:2: target.name: a name that does not end in `.reverted`: "
+        "state/gw.reverted.json is the revert outcome file of target gw",
+    ),
     "missing_target": (
         "version: 1\n",
         f"{FILE}: target: required field is missing",
