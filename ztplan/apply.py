@@ -177,11 +177,13 @@ def refuse_stale_saved_plan(name: str, saved: Plan, fresh: Plan, state: StateFil
 
 def claims_of(desired: Mapping[Address, JsonValue], ndppd_config: str | None) -> dict[str, str]:
     """What a target holds that no other target on its host may hold differently."""
+    # Without a parse of 100,000 addresses: a sysctl key's starts `sysctl[`, a policy's is
+    # `firewall.<family>.<table>.policy.<chain>` (no key; a rule's text may hold ".policy.").
     claims = {
         str(a): str(v)
         for a, v in desired.items()
-        if a.startswith(("sysctl[", "sysctl."))  # a.provider == "sysctl", without a parse
-        or (a.startswith("firewall.") and ".policy." in a and a.provider == "firewall")
+        if a.startswith(("sysctl[", "sysctl."))
+        or ("[" not in a and ".policy." in a and a.startswith("firewall."))
     }
     if ndppd_config is not None:
         claims["ndppd.config"] = ndppd_config

@@ -93,6 +93,9 @@ class Run:
     context: PlanContext
     saved: Plan | None = None
     """The saved plan being applied, if any."""
+    _claimed: tuple[object, dict[str, str]] | None = field(default=None, repr=False)
+    """The claims of the last plan's desired values, and those values (one scan of
+    100,000 addresses for the conflict check and the state)."""
 
     @property
     def state_dir(self) -> Path:
@@ -195,10 +198,9 @@ class Run:
         """What this target would hold that another target on the same host holds
         differently (state records each target's claims): a plan error naming both.
         `previous` is this target's state, read already (not parsed again)."""
-        from ztplan.apply import claims_of
         from ztplan.state import read_states, state_path
 
-        mine = claims_of(plan.desired, self._ndppd_config())
+        mine = self._claims(plan)
         findings = []
         read = {state_path(self.state_dir, self.target): previous}
         for other in read_states(self.state_dir, read, resources=False):
@@ -219,6 +221,13 @@ class Run:
                     )
                 )
         return findings
+
+    def _claims(self, plan: Plan) -> dict[str, str]:
+        if self._claimed is None or self._claimed[0] is not plan.desired:
+            from ztplan.apply import claims_of
+
+            self._claimed = (plan.desired, claims_of(plan.desired, self._ndppd_config()))
+        return self._claimed[1]
 
     def _ndppd_config(self) -> str | None:
         if self.spec.ndppd is None:
@@ -346,7 +355,7 @@ class Run:
         `approve` None: approved beforehand (--auto-approve). Nothing then waits between
         the read and the apply, so the plan's snapshots, read under this lock, are used as
         they are; after a question, the host is read again (the answer may take minutes)."""
-        from ztplan.apply import apply_plan, claims_of, refuse_if_stale, refuse_stale_saved_plan
+        from ztplan.apply import apply_plan, refuse_if_stale, refuse_stale_saved_plan
 
         with self._locked("apply"):
             previous = self._previous()
@@ -393,7 +402,7 @@ class Run:
                 spec_text=self.spec._text,
                 root=str(self.options.root),
                 confirm_by=confirm_by,
-                claims=claims_of(plan.desired, self._ndppd_config()),
+                claims=self._claims(plan),
                 stop=stop,
             )
             from ztplan.revert import arm_reverter, clear_outcome
