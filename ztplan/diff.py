@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import JsonValue
 
-from ztplan.model import Action, Address, Change, Resource
+from ztplan.model import Action, Address, Change, Resource, new_change
 
 __all__ = ["diff_resources", "same_relative_order"]
 
@@ -87,10 +87,10 @@ def diff_resources(
         if want.relative_order:
             if not same_relative_order(want.value, have.value if have else []):
                 changes.append(
-                    Change(
-                        address=address,
-                        provider=provider,
-                        action=Action.UPDATE,
+                    new_change(
+                        address,
+                        provider,
+                        Action.UPDATE,
                         before=have.value if have else [],
                         after=want.value,
                         reason=want.reason or "rule order",
@@ -98,10 +98,10 @@ def diff_resources(
                 )
         elif have is None:
             changes.append(
-                Change(
-                    address=address,
-                    provider=provider,
-                    action=Action.CREATE,
+                new_change(
+                    address,
+                    provider,
+                    Action.CREATE,
                     after=want.value,
                     reason=want.reason,
                     detail=list(want.detail),
@@ -110,10 +110,10 @@ def diff_resources(
             )
         elif have.value != want.value:
             changes.append(
-                Change(
-                    address=address,
-                    provider=provider,
-                    action=Action.UPDATE,
+                new_change(
+                    address,
+                    provider,
+                    Action.UPDATE,
                     before=have.value,
                     after=want.value,
                     reason=want.reason,
@@ -125,10 +125,10 @@ def diff_resources(
             continue
         if have.owned:
             changes.append(
-                Change(
-                    address=address,
-                    provider=provider,
-                    action=Action.DELETE,
+                new_change(
+                    address,
+                    provider,
+                    Action.DELETE,
                     before=have.value,
                     reason=have.reason or "no longer in the spec",
                 )
@@ -137,10 +137,10 @@ def diff_resources(
         scope = next((s for s in scopes if s.scope and address.startswith(s.scope)), None)
         if scope is not None and scope.purge:
             changes.append(
-                Change(
-                    address=address,
-                    provider=provider,
-                    action=Action.DELETE,
+                new_change(
+                    address,
+                    provider,
+                    Action.DELETE,
                     before=have.value,
                     reason="foreign rule in an exclusive chain",
                 )

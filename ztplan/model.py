@@ -160,6 +160,45 @@ class Change(_Frozen):
     )
 
 
+_EVERY_FIELD = set(Change.model_fields)
+
+
+def new_change(
+    address: Address,
+    provider: str,
+    action: Action,
+    *,
+    before: JsonValue = None,
+    after: JsonValue = None,
+    reason: str = "",
+    detail: list[str] | None = None,
+    phase: str = "",
+    follows: str | None = None,
+) -> Change:
+    """A Change of values typed already (a plan's own), not validated again: a first apply
+    of 2 x 50,000 rules makes 100,000 of them, 1.6 KB each when validated and ~0.4 KB so.
+    Every field is given, so one set of their names serves as each one's fields-set."""
+    return Change.model_construct(
+        _EVERY_FIELD,
+        address=address if type(address) is Address else Address.parse(address),
+        provider=provider,
+        action=action,
+        before=before,
+        after=after,
+        reason=reason,
+        detail=detail if detail is not None else [],
+        phase=phase,
+        follows=follows,
+    )
+
+
+def in_phase(change: Change, phase: str) -> Change:
+    """`change` in `phase` (model_copy, without copying its fields-set)."""
+    return Change.model_construct(
+        change.__pydantic_fields_set__, **{**change.__dict__, "phase": phase}
+    )
+
+
 class Finding(_Frozen):
     """A warning or error about the spec or the live state (the guide's mistakes)."""
 

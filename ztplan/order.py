@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from pydantic import JsonValue
 
-from ztplan.model import Action, Change
+from ztplan.model import Action, Change, in_phase
 
 __all__ = ["PHASES", "order_changes", "phase_of", "steps"]
 
@@ -102,16 +102,18 @@ def phase_of(change: Change, plan: _Plan) -> int:
     return len(PHASES)
 
 
-def order_changes(changes: Iterable[Change]) -> list[Change]:
-    """Changes sorted into phases (stable within a phase), each marked with its phase."""
-    changes = list(changes)
-    survey = _survey(changes)
-    ranked = [(phase_of(c, survey), i, c) for i, c in enumerate(changes)]
-    ranked.sort(key=lambda item: (item[0], item[1]))
-    return [
-        c.model_copy(update={"phase": PHASES[p][0] if p < len(PHASES) else ""})
-        for p, _, c in ranked
-    ]
+def order_changes(changes: Iterable[Change], *, consume: bool = False) -> list[Change]:
+    """Changes sorted into phases (stable within a phase), each marked with its phase.
+
+    `consume`: `changes` is a list that is emptied, each change let go as its copy in
+    phase is made (a first apply of 2 x 50,000 rules: 100,000 changes, held once)."""
+    listed = changes if consume and isinstance(changes, list) else list(changes)
+    survey = _survey(listed)
+    ranked = sorted((phase_of(c, survey), i) for i, c in enumerate(listed))
+    by_index = dict(enumerate(listed))
+    if consume:
+        listed.clear()
+    return [in_phase(by_index.pop(i), PHASES[p][0] if p < len(PHASES) else "") for p, i in ranked]
 
 
 def steps(changes: Iterable[Change]) -> Iterator[tuple[str, list[Change]]]:

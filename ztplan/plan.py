@@ -148,7 +148,10 @@ def make_plan(
             return None
 
     findings.extend(check_spec(spec, addresses, source.path))
-    ordered = order_changes(context.changes)
+    # The same changes, in order and phase, in place of those found (a first apply of
+    # 2 x 50,000 rules finds 100,000: 37 MB, let go one by one as they are ordered).
+    ordered = order_changes(context.changes, consume=True)
+    context.changes.extend(ordered)
     partial = None
     if targets:
         unknown = [t for t in targets if not any(a.within(t) for m in known for a in m)]

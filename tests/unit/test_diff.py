@@ -3,6 +3,7 @@ unless their scope purges them."""
 
 from __future__ import annotations
 
+import pytest
 from pydantic import JsonValue
 
 from ztplan.address import Address
@@ -228,3 +229,27 @@ def test_same_relative_order() -> None:
     assert same_relative_order([], None)
     assert not same_relative_order(["a", "b"], ["b", "a"])
     assert not same_relative_order(["a", "b", "c"], ["c", "x", "a"])
+
+
+def test_a_change_made_without_validation_is_the_validated_one() -> None:
+    """diff makes its changes from values typed already (model_construct, 0.4 KB each and
+    not 1.6: a first apply of 2 x 50,000 rules makes 100,000): each equals the validated
+    Change of the same fields, dumps alike, and an address given as text is still parsed."""
+    from ztplan.model import new_change
+
+    address = Address('firewall.ipv4.filter.FORWARD["-j ACCEPT"]')
+    fields = {
+        "before": None,
+        "after": "-j ACCEPT",
+        "reason": "new",
+        "detail": ["x"],
+        "phase": "protect",
+        "follows": "",
+    }
+    made = new_change(address, "firewall", Action.CREATE, **fields)  # type: ignore[arg-type]
+    validated = Change(address=address, provider="firewall", action=Action.CREATE, **fields)
+    assert made == validated and made.model_dump_json() == validated.model_dump_json()
+    assert new_change(str(address), "firewall", Action.DELETE).address == address  # type: ignore[arg-type]
+    assert type(new_change(str(address), "firewall", Action.DELETE).address) is Address  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        new_change("firewall.[", "firewall", Action.DELETE)  # type: ignore[arg-type]
