@@ -24,6 +24,7 @@ the apply, and records its outcome in it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -31,10 +32,11 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ztplan.errors import ZtplanError
 from ztplan.files import STATE_LIMIT, NotRegular, read_regular
@@ -198,12 +200,44 @@ def write_journal(path: Path, journal: Journal, previous: Path | None = None) ->
         except OSError:
             shutil.copyfile(previous, previous_path(path))
             _fsync(previous_path(path))
-    # Written as it is encoded: the journal of 2 x 50,000 rules holds the saves and the
-    # spec (some 15 MB), which model_dump_json would hold twice more (growing, then
-    # copied). The same JSON, spaced alike.
+    write_atomic(path, itertools.chain(_journal_json(journal), ["\n"]), mode=0o600)
+
+
+_CHUNK = 2000
+
+
+def _journal_json(journal: Journal) -> Iterator[str | bytes]:
+    """`journal.model_dump_json()`, in pieces, as it is written. The journal of 2 x 50,000
+    rules holds the saves and the spec (some 15 MB), which model_dump_json would hold
+    twice more (growing, then copied): the fields are encoded by json's iterencode, the
+    steps' changes (100,000 of a first apply: 40 MB as dicts) by pydantic, a few thousand
+    at a time."""
     encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-    pieces = encoder.iterencode(journal.model_dump(mode="json"))
-    write_atomic(path, itertools.chain(pieces, ["\n"]), mode=0o600)
+    names = list(Journal.model_fields)
+    cut = names.index("steps")
+    head = encoder.iterencode(journal.model_dump(mode="json", include=set(names[:cut])))
+    held = next(head)
+    for piece in head:  # all but the head's closing brace
+        yield held
+        held = piece
+    yield ',"steps":['
+    changes = _changes_json()
+    for i, step in enumerate(journal.steps):
+        fields = encoder.encode(step.model_dump(mode="json", exclude={"changes"}))
+        yield ("," if i else "") + fields[:-1] + ',"changes":['
+        for start in range(0, len(step.changes), _CHUNK):
+            listed = changes.dump_json(step.changes[start : start + _CHUNK])
+            yield (b"," if start else b"") + listed[1:-1]
+        yield "]}"
+    yield "],"
+    tail = encoder.iterencode(journal.model_dump(mode="json", include=set(names[cut + 1 :])))
+    next(tail)  # the tail's opening brace
+    yield from tail
+
+
+@functools.cache
+def _changes_json() -> TypeAdapter[list[Change]]:
+    return TypeAdapter(list[Change])
 
 
 def _fsync(path: Path) -> None:

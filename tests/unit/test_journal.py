@@ -1,10 +1,12 @@
 """ztplan.journal: the journal file is written piece by piece (issue 14: it holds the
-previous state and the saves, tens of MB at 50,000 rules), as pydantic would write it."""
+saves and the spec, tens of MB at 50,000 rules), as pydantic would write it; the state
+before the apply is kept beside it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ztplan.address import Address
 from ztplan.journal import (
     Journal,
     JournalStep,
@@ -62,3 +64,38 @@ def test_the_state_before_the_apply_is_kept_beside_the_journal_not_in_it(tmp_pat
     write_journal(path, journal, state)
     remove_journal(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gw1.json"]
+
+
+def test_steps_of_many_changes_are_written_in_chunks_as_pydantic_writes_them(
+    tmp_path: Path,
+) -> None:
+    """A first apply of 2 x 50,000 rules journals 100,000 changes: they are encoded a few
+    thousand at a time, and the file is still byte for byte model_dump_json's, across
+    chunks, steps (one of them empty) and the fields either side of the steps."""
+    forward = Address("firewall.ipv4.filter.FORWARD")
+    many = [
+        Change(
+            address=forward.item(f'-m comment --comment "é{i}" -j ACCEPT'),
+            provider="firewall",
+            action=Action.CREATE,
+            after=f'-m comment --comment "é{i}" -j ACCEPT',
+            follows="" if i == 0 else None,
+        )
+        for i in range(4500)
+    ]
+    journal = Journal(
+        target="gw1",
+        spec_file="gw.yaml",
+        spec_text="firewall: {}\n",
+        snapshots={"firewall": {"ipv4": "*filter\nCOMMIT\n"}},
+        steps=[
+            JournalStep(index=0, provider="firewall", phase="protect", changes=many),
+            JournalStep(index=1, provider="sysctl", phase="forward", changes=[]),
+            JournalStep(index=2, provider="firewall", phase="teardown", changes=many[:3]),
+        ],
+        confirm_by=1_800_000_000.5,
+    )
+    path = tmp_path / "gw1.journal.json"
+    write_journal(path, journal)
+    assert path.read_text() == journal.model_dump_json() + "\n"
+    assert read_journal(path) == journal
