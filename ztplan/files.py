@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import BinaryIO
 
-__all__ = ["STATE_LIMIT", "NotRegular", "TooLarge", "read_regular"]
+__all__ = ["STATE_LIMIT", "NotRegular", "TooLarge", "open_regular", "read_regular"]
 
 STATE_LIMIT = 256 << 20
 """The most ztplan reads of a file in its state dir (a state of 50,000 rules is ~10 MB):
@@ -45,14 +46,26 @@ def _check(info: os.stat_result, limit: int) -> None:
     raise NotRegular("not a regular file")
 
 
+def open_regular(path: str, limit: int) -> BinaryIO:
+    """The regular file `path`, opened for reading, if it holds at most `limit` bytes.
+    Raises FileNotFoundError, NotRegular, TooLarge or another OSError (never blocks on a
+    FIFO)."""
+    _check(os.stat(path), limit)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    handle = os.fdopen(fd, "rb")
+    try:
+        _check(os.fstat(fd), limit)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
 def read_regular(path: str, limit: int) -> bytes:
     """The bytes of the regular file `path`, at most `limit` of them. Raises
     FileNotFoundError, NotRegular, TooLarge or another OSError."""
-    _check(os.stat(path), limit)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as handle:
+    with open_regular(path, limit) as handle:
         info = os.fstat(handle.fileno())
-        _check(info, limit)
         # read(n) allocates n bytes first: ask for the size stat gave (a 10 MB state did
         # not need a 256 MiB buffer), then for what the file may have grown by since.
         data = handle.read(info.st_size + 1)

@@ -166,7 +166,7 @@ def read_journal(path: Path) -> Journal | None:
         raise ZtplanError(
             f"{_log(path)}: unreadable journal log ({why})",
             "it records which steps of an unfinished apply were done: restore it from a "
-            "backup, or move both journal files aside once the gateway is checked by hand",
+            "backup, or move the journal files aside once the gateway is checked by hand",
         ) from None
     for line in lines:  # a torn last line has no newline and is ignored by the split below
         run, _, event = line.partition(" ")

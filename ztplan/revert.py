@@ -18,6 +18,7 @@ its working directory and an environment of only what the spec's providers read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -26,10 +27,11 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from ztplan.apply import undo_steps
 from ztplan.errors import ZtplanError
-from ztplan.files import STATE_LIMIT, read_regular
+from ztplan.files import STATE_LIMIT, open_regular, read_regular
 from ztplan.host import Host
 from ztplan.journal import (
     Journal,
@@ -181,7 +183,8 @@ def revert(
     providers: Mapping[str, Provider],
 ) -> tuple[list[str], list[str]]:
     """Undo the journal's steps that are in place; put the previous state file back.
-    (reverted, not reverted) step names."""
+    (reverted, not reverted) step names; a state file that cannot be put back is one of
+    the latter, named as such."""
     snapshots = {name: Snapshot(resources={}, raw=raw) for name, raw in journal.snapshots.items()}
     steps: list[JournalStep] = [s for s in journal.in_place() if s.provider in providers]
     path = journal_path(state_dir, journal.target)
@@ -190,12 +193,22 @@ def revert(
     def record(step: JournalStep, how: str, error: Exception | None) -> None:
         log_event(path, journal, how, step.index)
 
-    boot = next((s for s in journal.steps if s.provider == "persist"), None)
-    reverted, failed = undo_steps(steps, snapshots, host, providers, record, boot)
-    if not failed:
-        state = state_path(state_dir, journal.target)
+    # The state before the apply is opened first: a `confirm` racing this revert removes
+    # the file with the journal, and the steps are undone by then.
+    with contextlib.ExitStack() as stack:
+        kept: BinaryIO | OSError | None = None
         if journal.previous_kept:
-            _put_back(previous_path(path), state)
+            try:
+                kept = stack.enter_context(open_regular(str(previous_path(path)), STATE_LIMIT))
+            except OSError as error:
+                kept = error
+        boot = next((s for s in journal.steps if s.provider == "persist"), None)
+        reverted, failed = undo_steps(steps, snapshots, host, providers, record, boot)
+        if failed:
+            return reverted, failed
+        state = state_path(state_dir, journal.target)
+        if kept is not None:
+            failed += _put_back(kept, previous_path(path), state)
         elif journal.previous_state is not None:  # a journal of version 2
             write_atomic(state, journal.previous_state)
         else:
@@ -203,15 +216,17 @@ def revert(
     return reverted, failed
 
 
-def _put_back(kept: Path, state: Path) -> None:
-    """The state file as it was before the apply, in its place again (a rename: readers see
-    the applied state or the one before, whole)."""
+def _put_back(kept: BinaryIO | OSError, name: Path, state: Path) -> list[str]:
+    """The state file as it was before the apply, copied into place (readers see the
+    applied state or the one before, whole; the kept file stays, so a revert can be run
+    again). [] or what could not be put back."""
     try:
-        os.replace(kept, state)
+        if isinstance(kept, OSError):
+            raise kept
+        write_atomic(state, iter(lambda: kept.read(1 << 20), b""))
     except OSError as error:
-        raise ZtplanError(
-            f"{kept}: the state before the apply cannot be put back "
-            f"({error.strerror or error.__class__.__name__}), so {state} still records "
-            "the apply that was reverted",
-            "the next plan reads the live state; apply again to record it",
-        ) from None
+        return [
+            f"the state file ({name}: {error.strerror or error.__class__.__name__}; "
+            f"{state} still records the apply)"
+        ]
+    return []

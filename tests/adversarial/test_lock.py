@@ -328,6 +328,6 @@ def test_a_fifo_among_the_state_files_does_not_hang(tmp_path: Path, spec: Path, 
             " (move it aside; the next apply writes a new one)"
             if name == "gw1.json"
             else " (it records which steps of an unfinished apply were done: restore it from a "
-            "backup, or move both journal files aside once the gateway is checked by hand)"
+            "backup, or move the journal files aside once the gateway is checked by hand)"
         )
     )

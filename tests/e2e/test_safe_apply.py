@@ -146,9 +146,13 @@ def test_a_revert_puts_the_state_file_before_it_back_byte_for_byte(
     )
     assert done.returncode == 0, done.stderr
     assert state.read_bytes() != before
-    assert wait_for(lambda: not (tmp_path / "state" / "gw.journal.json").exists())
+    # The reverter removes the journal, then its log and the state it kept, then records
+    # its outcome and lets the lock go.
+    journal = tmp_path / "state" / "gw.journal"
+    assert wait_for(lambda: (tmp_path / "state" / "gw.reverted.json").exists())
+    assert wait_for(lambda: not (tmp_path / "state" / "gw.lock").exists())
+    assert [p.name for p in (tmp_path / "state").iterdir() if p.name.startswith(journal.name)] == []
     assert state.read_bytes() == before
-    assert sorted(p.name for p in (tmp_path / "state").iterdir() if "journal" in p.name) == []
     spec.write_text(SPEC)  # the first apply's spec: the host and the state are its again
     again = ztplan("plan", str(spec), "--netns", netns, "--detailed-exitcode", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
