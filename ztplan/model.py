@@ -177,19 +177,32 @@ def new_change(
 ) -> Change:
     """A Change of values typed already (a plan's own), not validated again: a first apply
     of 2 x 50,000 rules makes 100,000 of them, 1.6 KB each when validated and ~0.4 KB so.
-    Every field is given, so one set of their names serves as each one's fields-set."""
+    Only a rule's case is taken so (an Address, text or nothing before and after): any
+    other value is validated as before, so a value JSON cannot hold (a set, a tuple, a
+    key that is not text) still fails the plan, not the state written after the steps.
+    Every field is given, so one set of their names serves as each one's fields-set
+    (shared: the model is frozen, and model_copy copies it)."""
+    fields = {
+        "before": before,
+        "after": after,
+        "reason": reason,
+        "detail": detail if detail is not None else [],
+        "phase": phase,
+        "follows": follows,
+    }
+    if not (type(address) is Address and _text_or_none(before) and _text_or_none(after)):
+        return Change(address=address, provider=provider, action=action, **fields)  # type: ignore[arg-type]
     return Change.model_construct(
         _EVERY_FIELD,
-        address=address if type(address) is Address else Address.parse(address),
+        address=address,
         provider=provider,
         action=action,
-        before=before,
-        after=after,
-        reason=reason,
-        detail=detail if detail is not None else [],
-        phase=phase,
-        follows=follows,
+        **fields,
     )
+
+
+def _text_or_none(value: JsonValue) -> bool:
+    return value is None or type(value) is str
 
 
 def in_phase(change: Change, phase: str) -> Change:

@@ -208,7 +208,9 @@ class PreparedState:
     written: Written
 
     def commit(self) -> StateFile:
+        """The new state in place; the state returned reads its resources from it."""
         self.written.commit()
+        self.state._path = self.written.path
         return self.state
 
     def discard(self) -> None:
@@ -230,7 +232,7 @@ def prepare_state(
 
     `resources` (address -> digest) are read once each, in order, as the file is written:
     an apply passes a view that makes each digest as it is asked for, so the 100,000
-    digests of 2 x 50,000 rules are never all held. The state returned does not hold them
+    digests of 2 x 50,000 rules are never all held. The state committed does not hold them
     either: like `read_state(resources=False)`, it reads its file again when asked."""
     for stale in state_dir.glob(f".{target}.json.*.tmp"):
         if _TEMP.fullmatch(stale.name.removeprefix(f".{target}.json.")):
@@ -249,10 +251,9 @@ def prepare_state(
         resources={},
         claims=dict(sorted((claims or {}).items())),
     )
-    path = state_path(state_dir, target)
-    written = Written(path, _state_json(state, resources))
-    state._path = path
-    return PreparedState(state, written)
+    return PreparedState(
+        state, Written(state_path(state_dir, target), _state_json(state, resources))
+    )
 
 
 _TEMP = re.compile(r"[a-z0-9_]{8}\.tmp")

@@ -253,3 +253,14 @@ def test_a_change_made_without_validation_is_the_validated_one() -> None:
     assert type(new_change(str(address), "firewall", Action.DELETE).address) is Address  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         new_change("firewall.[", "firewall", Action.DELETE)  # type: ignore[arg-type]
+    # A value JSON cannot hold still fails here, at the plan, not in the state written
+    # after the steps ran.
+    with pytest.raises(ValueError):
+        new_change(address, "firewall", Action.UPDATE, after={"a", "b"})  # type: ignore[arg-type]
+    routes = new_change(address, "controller", Action.UPDATE, after=[{"target": "0.0.0.0/0"}])
+    assert routes == Change(
+        address=address,
+        provider="controller",
+        action=Action.UPDATE,
+        after=[{"target": "0.0.0.0/0"}],
+    )
