@@ -127,12 +127,13 @@ def run(argv: Sequence[str], input: str | None = None, check: bool = True, env: 
                 proc.stdin.write(input.encode())
                 proc.stdin.close()
             proc.wait()
-        finally:
+        finally:  # the command's pid, for its scratch namespaces, even when interrupted
+            lines = Path(result.name).read_text().split("\n")
+            if lines[0].isdigit():
+                _children.append(int(lines[0]))
             _spawners.pop()
-        lines = Path(result.name).read_text().split("\n")
         if proc.returncode != 0 or len(lines) < 2 or not lines[1]:
             raise RuntimeError(f"{argv[0]} could not be run: {err.read().decode()[-2000:]}")
-        _children.append(int(lines[0]))
         wall, rc, maxrss = lines[1].split()
         out.seek(0)
         err.seek(0)
