@@ -269,6 +269,7 @@ class Meddler(threading.Thread):
 
 
 BAN = ["iptables", "-I", "FORWARD", "1", "-s", "192.0.2.66/32", "-j", "DROP"]
+BAN_SAVED = "-A FORWARD -s 192.0.2.66/32 -j DROP"
 SSH = ["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "ACCEPT"]
 
 
@@ -320,7 +321,7 @@ def test_foreign_rules_written_during_a_slow_controller_read(
         ]
         assert added(before, full_dump(netns)) == [
             "-A INPUT -p tcp -m tcp --dport 2222 -j ACCEPT",
-            "-A FORWARD -s 192.0.2.66/32 -j DROP",
+            BAN_SAVED,
         ]
         assert controller.network(NWID)["routes"] == []
         assert not any(method == "POST" for method, _, _ in controller.request_log)
@@ -340,7 +341,7 @@ def test_foreign_rules_written_during_a_slow_controller_read(
     )
     assert [r for r in filter_rules if r.startswith("-A FORWARD")] == [
         f"-A FORWARD {jump_rule('gw-a', 'FORWARD')}",
-        "-A FORWARD -s 192.0.2.66/32 -j DROP",
+        BAN_SAVED,
     ]
     assert "-A INPUT -p tcp -m tcp --dport 2222 -j ACCEPT" in filter_rules
     assert "-A OUTPUT -o eth0 -p icmp -j ACCEPT" in filter_rules
@@ -721,6 +722,81 @@ def test_a_docker_restart_causes_no_drift_and_the_gateway_still_forwards(
         f"-A FORWARD {jump_rule('gw-a', 'FORWARD')}",
     ]
     assert run_of(topology.gw, state_dir, "gw-a").plan().changes == []
+    assert member_to_internet(topology) == [(True, "198.51.100.7")] * 2
+
+
+MANY = 4_500
+"""Rules more than GW_A's: past the state file's 4,096-resource chunk and the journal's
+2,000-change chunk (issue 14's streamed state and journal, and its lean changes)."""
+
+
+def test_a_large_apply_among_docker_rules_keeps_them_forwards_and_reverts_whole(
+    topology: Topology, state_dir: Path
+) -> None:
+    """The memory work of issue 14 on the real kernel, beside Docker's ruleset: a first
+    apply of 4,500 rules more, with a ban arriving after the plan's read and before the
+    restore, adds exactly ztplan's lines (the ban and every Docker line kept, in place),
+    converges, and real packets from a member still reach the Internet, SNATed. A second
+    apply left unconfirmed is reverted at its deadline to that very ruleset, and the state
+    file kept beside its journal is put back byte for byte."""
+    gw = topology.gw
+    sh(gw, "iptables-restore", "--noflush", input=DOCKER)
+    sh(gw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    drops = [f"-s 10.200.{i >> 8}.{i & 255}/32 -j DROP" for i in range(MANY)]
+    listed = "".join(f'        - "{r}"\n' for r in drops)
+    text = GW_A.replace("      FORWARD:\n", "      FORWARD:\n" + listed)
+    before = full_dump(gw)
+
+    class BanDuringTheRestore(Silent):
+        def step_started(self, step: object) -> None:
+            if getattr(step, "provider", None) == "firewall" and BAN_SAVED not in rules_of(gw):
+                sh(gw, *BAN)
+
+    run_of(gw, state_dir, "gw-a", text).apply(
+        approve=lambda plan: True, reporter=BanDuringTheRestore()
+    )
+    applied = full_dump(gw)
+    assert sorted(added(before, applied)) == sorted(
+        [
+            BAN_SAVED,
+            ":ZT-gw-a.FORWARD - [0:0]",
+            f"-A FORWARD {jump_rule('gw-a', 'FORWARD')}",
+            *(f"-A ZT-gw-a.FORWARD {r}" for r in drops),
+            *OWN_RULES["gw-a"],
+            ":ZT-gw-a.POSTROUTING - [0:0]",
+            f"-A POSTROUTING {jump_rule('gw-a', 'POSTROUTING')}",
+            "-A ZT-gw-a.POSTROUTING -s 10.6.4.0/22 -o eth0 -j SNAT --to-source 198.51.100.7",
+        ]
+    )
+    assert own_rules(gw, "gw-a")[:MANY] == [f"-A ZT-gw-a.FORWARD {r}" for r in drops]
+    assert run_of(gw, state_dir, "gw-a", text).plan().changes == []
+    assert member_to_internet(topology) == [(True, "198.51.100.7")] * 2
+    state = state_dir / "gw-a.json"
+    first = state.read_bytes()
+    assert len(json.loads(first)["resources"]) > 4096
+
+    spec = state_dir.parent / "gw-a.yaml"
+    spec.write_text(text.replace(f'        - "{drops[0]}"\n', ""))
+    done = ztplan(
+        "apply",
+        str(spec),
+        "--netns",
+        gw,
+        "--auto-approve",
+        "--no-verify",
+        "--confirm-within",
+        "5",
+        cwd=state_dir.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (state_dir / "gw-a.journal.state").read_bytes() == first != state.read_bytes()
+    assert full_dump(gw) != applied
+    assert wait_for((state_dir / "gw-a.reverted.json").exists), "not reverted"
+    assert wait_for(lambda: not (state_dir / "gw-a.lock").exists())
+    assert full_dump(gw) == applied
+    assert state.read_bytes() == first
+    assert not (state_dir / "gw-a.journal.state").exists()
+    assert run_of(gw, state_dir, "gw-a", text).plan().changes == []
     assert member_to_internet(topology) == [(True, "198.51.100.7")] * 2
 
 
