@@ -180,46 +180,46 @@ class ApiClient:
         end = self.clock() + min(self.deadline, deadline if deadline is not None else math.inf)
         unanswered = False  # sticky: a try with no answer may be stored even if a later one fails
         for attempt in range(1, self.attempts + 1):
-            after: float | None = None
-            if self.rate is not None:
-                self.rate.wait()
             try:
-                response = self.client.request(
-                    method,
-                    url,
-                    headers=self.headers,
-                    json=body,
-                    timeout=self._timeout(end - self.clock()),
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
-                problem = f"connection failed ({error.__class__.__name__})"  # nothing was sent
-            except httpx.TimeoutException:
-                problem, unanswered = "timed out", True
-            except (httpx.TransportError, httpx.DecodingError) as error:  # cut, bad encoding
-                problem, unanswered = f"connection failed ({error.__class__.__name__})", True
-            else:
-                status = response.status_code
-                if status == 200:
-                    try:
-                        answer = response.json()
-                    except (ValueError, RecursionError):  # cut, not UTF-8, nested 100,000 deep
-                        problem, unanswered = "answered 200 with a body that is not JSON", True
-                    else:
-                        if unanswered and method != "GET":
-                            self.doubtful.add(path)
-                        return answer
-                elif status in RETRY_STATUSES:
-                    unanswered |= status in PROXY_TIMEOUTS
-                    problem = f"answered {status}" + (" (rate limited)" if status == 429 else "")
-                    after = _retry_after(response.headers.get("Retry-After"))
+                after: float | None = None
+                if self.rate is not None:
+                    self.rate.wait()
+                try:
+                    response = self.client.request(
+                        method,
+                        url,
+                        headers=self.headers,
+                        json=body,
+                        timeout=self._timeout(end - self.clock()),
+                    )
+                except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+                    problem = f"connection failed ({error.__class__.__name__})"  # nothing was sent
+                except httpx.TimeoutException:
+                    problem, unanswered = "timed out", True
+                except (httpx.TransportError, httpx.DecodingError) as error:  # cut, bad encoding
+                    problem, unanswered = f"connection failed ({error.__class__.__name__})", True
                 else:
-                    refused = self._error(status, where, response.content)
-                    refused.unanswered = unanswered
-                    if unanswered and method != "GET":
-                        self.doubtful.add(path)
-                    raise refused
-            if unanswered and method != "GET":
-                self.doubtful.add(path)
+                    status = response.status_code
+                    if status == 200:
+                        try:
+                            answer = response.json()
+                        except (ValueError, RecursionError):  # cut, not UTF-8, nested 100,000 deep
+                            problem, unanswered = "answered 200 with a body that is not JSON", True
+                        else:
+                            return answer
+                    elif status in RETRY_STATUSES:
+                        unanswered |= status in PROXY_TIMEOUTS
+                        problem = f"answered {status}" + (
+                            " (rate limited)" if status == 429 else ""
+                        )
+                        after = _retry_after(response.headers.get("Retry-After"))
+                    else:
+                        refused = self._error(status, where, response.content)
+                        refused.unanswered = unanswered
+                        raise refused
+            finally:  # a write that any try got no answer to may still be stored
+                if unanswered and method != "GET":
+                    self.doubtful.add(path)
             if attempt == self.attempts:
                 break
             self._pause(where, problem, attempt, after, end, unanswered)
