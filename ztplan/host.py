@@ -24,6 +24,7 @@ __all__ = [
     "NETNS_CONFIG_DIR",
     "NETNS_DIR",
     "inside_netns",
+    "FORWARDING",
     "proc_sys_path",
     "sysctl_key",
     "sysctl_name",
@@ -31,6 +32,8 @@ __all__ = [
 
 NETNS_DIR = "/run/netns"
 PROC_SYS = "/proc/sys"
+FORWARDING = {"ipv4": "net.ipv4.ip_forward", "ipv6": "net.ipv6.conf.all.forwarding"}
+"""The sysctl key that turns forwarding on, per family."""
 
 
 def proc_sys_path(key: str) -> str:

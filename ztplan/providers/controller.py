@@ -34,7 +34,7 @@ from pydantic import JsonValue
 from ztplan.address import Address
 from ztplan.api import ApiClient, NotFound, RateLimit, shown_url
 from ztplan.errors import ControllerError
-from ztplan.host import Host
+from ztplan.host import FORWARDING, Host
 from ztplan.model import Change, Finding, Resource, Snapshot
 from ztplan.providers.controller_backend import (
     BACKENDS,
@@ -185,10 +185,9 @@ class Controller:
         if spec.firewall is None:
             return []
         raw = snapshot.raw if isinstance(snapshot.raw, dict) else {}
-        forwarding = {"ipv4": "net.ipv4.ip_forward", "ipv6": "net.ipv6.conf.all.forwarding"}
         families = [  # forwarded: a firewall for it, or its forwarding turned on
             f
-            for f, key in forwarding.items()
+            for f, key in FORWARDING.items()
             if (getattr(spec.firewall, f) or str(spec.sysctl.get(key)) == "1")
             and not _clamps_mss(spec, f)
         ]

@@ -47,7 +47,7 @@ from pydantic import JsonValue
 
 from ztplan.address import Address
 from ztplan.errors import LiveReadError, SpecError
-from ztplan.host import Host
+from ztplan.host import FORWARDING, Host
 from ztplan.iptables import (
     FAMILIES,
     TABLES,
@@ -77,7 +77,6 @@ from ztplan.spec import Spec, format_field, line_of
 
 __all__ = ["YIELD_TO", "Firewall", "Layout", "restore_input", "rule_address"]
 
-_V6_FORWARDING = "net.ipv6.conf.all.forwarding"
 
 YIELD_TO = re.compile(
     r"DOCKER-USER|DOCKER-FORWARD|DOCKER-ISOLATION-STAGE-1|DOCKER-INGRESS|f2b-.+|ts-.+"
@@ -434,7 +433,7 @@ class Firewall:
         gateway into the ZeroTier network. IPv6: the members' prefix is routed, no NAT
         hides it, so every host on the Internet reaches every member."""
         findings = []
-        for family, key in (("ipv4", "net.ipv4.ip_forward"), ("ipv6", _V6_FORWARDING)):
+        for family, key in FORWARDING.items():
             fam = getattr(spec.firewall, family, None) if spec.firewall else None
             if str(spec.sysctl.get(key)) != "1":
                 continue
