@@ -47,6 +47,23 @@ def tune(run: Any, settle: float, attempts: int = 1, timeout: float = 0.5) -> Co
     return controller
 
 
+def reply(h: Any, status: int, body: bytes = b"", *, close: bool = False, **headers: str) -> None:
+    """Answer the emulator's request `h` by hand, as a proxy or a broken controller would:
+    `status`, `headers` (`Content_Type=...` is `Content-Type`), `body` with its length;
+    `close` ends the connection after it."""
+    if close:
+        h.close_connection = True
+    h.send_response(status)
+    for name, value in headers.items():
+        h.send_header(name.replace("_", "-"), value)
+    if close:
+        h.send_header("Connection", "close")
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    if body:
+        h.wfile.write(body)
+
+
 def default_route(emu: ControllerEmulator, nwid: str = NWID) -> bool:
     return any(r["target"] == "0.0.0.0/0" for r in emu.network(nwid)["routes"])
 

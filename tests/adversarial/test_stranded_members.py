@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.adversarial.stranded import SPEC, default_route, tune
+from tests.adversarial.stranded import SPEC, default_route, reply, tune
 from tests.conftest import apply_spec, needs_netns, open_spec, rules_of, sh
 from ztplan.errors import ApplyFailed
 from ztplan.journal import journal_path, read_journal
@@ -98,10 +98,7 @@ def test_a_post_refused_outright_rolls_everything_back(
     def refuse_posts(h):  # type: ignore[no-untyped-def]
         if h.command == "POST":
             h.rfile.read(int(h.headers.get("Content-Length") or 0))
-            h.send_response(403)
-            h.send_header("Content-Length", "2")
-            h.end_headers()
-            h.wfile.write(b"{}")
+            reply(h, 403, b"{}")
             return None
         return original(h)
 

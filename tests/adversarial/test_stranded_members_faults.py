@@ -20,6 +20,7 @@ from tests.adversarial.stranded import (
     SPEC,
     default_route,
     interrupted_after_controller,
+    reply,
     tune,
 )
 from tests.conftest import apply_spec, needs_netns, open_spec, rules_of, sh
@@ -95,13 +96,7 @@ def test_r2_a_200_whose_write_is_stored_later(
             body = json.loads(raw)
             threading.Timer(1.5, lambda: emulator.add_network(NWID, **body)).start()
             out = json.dumps(emulator.network(NWID)).encode()
-            h.close_connection = True
-            h.send_response(200)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Connection", "close")
-            h.send_header("Content-Length", str(len(out)))
-            h.end_headers()
-            h.wfile.write(out)
+            reply(h, 200, out, close=True, Content_Type="application/json")
             return None
         return original(h)
 
@@ -126,11 +121,7 @@ def test_r3_a_504_gateway_timeout_whose_write_is_stored_later(
         if h.command == "POST" and announces(raw := body_of(h)):
             body = json.loads(raw)
             threading.Timer(2.0, lambda: emulator.add_network(NWID, **body)).start()
-            h.close_connection = True
-            h.send_response(504)
-            h.send_header("Connection", "close")
-            h.send_header("Content-Length", "0")
-            h.end_headers()
+            reply(h, 504, close=True)
             return None
         return original(h)
 
@@ -158,12 +149,7 @@ def test_r4_a_garbled_encoding_during_settle_forgets_the_write_may_land(
             return original(h)
         if h.command == "GET" and state["posted"] and not state["garbled"]:
             state["garbled"] = True  # the first GET of the settle: a proxy's broken gzip
-            h.send_response(200)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Encoding", "gzip")
-            h.send_header("Content-Length", "2")
-            h.end_headers()
-            h.wfile.write(b"{}")
+            reply(h, 200, b"{}", Content_Type="application/json", Content_Encoding="gzip")
             return None
         return original(h)
 
